@@ -1,0 +1,1 @@
+"""wasmtime sandbox: limits, WASI wiring and the compiled-module cache. Synchronous."""

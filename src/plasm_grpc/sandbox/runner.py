@@ -1,0 +1,320 @@
+"""Run one WASI preview1 job in wasmtime under hard limits.
+
+Synchronous by design: the daemon calls `Sandbox.run` from worker threads.
+wasmtime-py calls into the runtime through ctypes, which releases the GIL, so
+a long compile or a running guest never blocks the asyncio event loop.
+
+Limits and how each is enforced:
+
+* linear memory: `Store.set_limits(memory_size=...)`; `memory.grow` past it
+  returns -1, and a job that then fails with memory at the cap ends as
+  MEMORY_LIMIT.
+* fuel: `Config.consume_fuel`; running out traps as OUT_OF_FUEL.
+* wall time: `Config.epoch_interruption` plus one ticker thread per engine;
+  the deadline traps as TIMEOUT.
+* stdout/stderr: `fd_write` is provided by the sandbox itself (shadowing the
+  WASI one) so bytes are counted as they are written and the guest is stopped
+  the moment it crosses the cap. wasmtime's `stdout_custom` has no cap and runs
+  on another thread.
+* stack: `Config.max_wasm_stack`; overflow is a TRAP with code stack_overflow.
+* module size and compiled size: checked in `ModuleCache`.
+
+Host functions never raise: wasmtime-py keeps the last Python exception raised
+in a host function in a module global, which is not safe with several jobs
+running at once. To stop a guest they record why in thread-local state and
+set the store's fuel to zero, so the guest traps on its next instruction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from plasm_grpc.core.limits import ResourceLimits
+from plasm_grpc.core.outcome import Outcome
+from plasm_grpc.sandbox.cache import CompiledModule, ModuleCache, ModuleFailure
+from plasm_grpc.sandbox.engine import SandboxEngine
+
+WASI_MODULE: Final = "wasi_snapshot_preview1"
+PAGE: Final = 65536
+
+# WASI preview1 errno values (not the host's).
+_WASI_EBADF: Final = 8
+_WASI_EFAULT: Final = 21
+_WASI_EFBIG: Final = 22
+
+_STDOUT: Final = 1
+_STDERR: Final = 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """What to run. `limits` must already be resolved (no zero fields)."""
+
+    module_sha256: str
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    stdin: bytes
+    limits: ResourceLimits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Execution:
+    """How a job ended, with everything a receipt needs from the sandbox."""
+
+    outcome: Outcome
+    exit_code: int
+    trap_code: str
+    detail: str
+    stdout: bytes
+    stderr: bytes
+    fuel_consumed: int
+    wall_time_us: int
+    started_at_ns: int
+    finished_at_ns: int
+
+
+@dataclass(slots=True)
+class _JobState:
+    """Per-job state the host functions write to (one job per thread)."""
+
+    max_stdout: int
+    max_stderr: int
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    stop_reason: Outcome | None = None
+    exit_code: int = 0
+    fuel_at_stop: int | None = None
+    detail: str = ""
+
+
+_current = threading.local()
+
+
+def _state() -> _JobState:
+    state: _JobState = _current.job
+    return state
+
+
+def _stop_guest(caller: wasmtime.Caller, state: _JobState, reason: Outcome) -> None:
+    """Make the guest trap on its next instruction by taking all its fuel."""
+    context = caller._context()  # noqa: SLF001 - the only handle a host call has
+    remaining = ctypes.c_uint64(0)
+    if not ffi.wasmtime_context_get_fuel(context, ctypes.byref(remaining)):
+        state.fuel_at_stop = remaining.value
+    ffi.wasmtime_context_set_fuel(context, 0)
+    state.stop_reason = reason
+
+
+def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
+    try:
+        state = _state()
+        if fd == _STDOUT:
+            sink, cap, name = state.stdout, state.max_stdout, "stdout"
+        elif fd == _STDERR:
+            sink, cap, name = state.stderr, state.max_stderr, "stderr"
+        else:
+            return _WASI_EBADF
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            return _WASI_EFAULT
+        size = memory.data_len(caller)
+        base = ctypes.addressof(memory.data_ptr(caller).contents)
+        if iovs_len < 0 or iovs < 0 or iovs + 8 * iovs_len > size:
+            return _WASI_EFAULT
+        table = ctypes.string_at(base + iovs, 8 * iovs_len)
+        total = 0
+        for i in range(iovs_len):
+            ptr, length = struct.unpack_from("<II", table, 8 * i)
+            if ptr + length > size:
+                return _WASI_EFAULT
+            room = cap - len(sink)
+            if length > room:
+                sink += ctypes.string_at(base + ptr, room)
+                state.detail = f"{name} exceeded its limit of {cap} bytes"
+                _stop_guest(caller, state, Outcome.OUTPUT_LIMIT)
+                return _WASI_EFBIG
+            sink += ctypes.string_at(base + ptr, length)
+            total += length
+        if nwritten < 0 or nwritten + 4 > size:
+            return _WASI_EFAULT
+        ctypes.memmove(base + nwritten, struct.pack("<I", total), 4)
+        return 0
+    except Exception:  # noqa: BLE001 - a host call must never raise (see module doc)
+        return _WASI_EFAULT
+
+
+def _proc_exit(caller: wasmtime.Caller, code: int) -> None:
+    state = _state()
+    state.exit_code = code & 0xFFFFFFFF
+    _stop_guest(caller, state, Outcome.SUCCESS if code == 0 else Outcome.NONZERO_EXIT)
+
+
+def make_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
+    """WASI preview1 with the sandbox's own fd_write and proc_exit."""
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    linker.allow_shadowing = True
+    i32 = wasmtime.ValType.i32()
+    linker.define_func(
+        WASI_MODULE, "fd_write", wasmtime.FuncType([i32, i32, i32, i32], [i32]), _fd_write,
+        access_caller=True,
+    )
+    linker.define_func(
+        WASI_MODULE, "proc_exit", wasmtime.FuncType([i32], []), _proc_exit, access_caller=True,
+    )
+    linker.allow_shadowing = False
+    return linker
+
+
+def _set_stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
+    # WasiConfig has no public stdin-from-bytes; the C API does, and it copies.
+    vec = ffi.wasm_byte_vec_t()
+    ffi.wasm_byte_vec_new(
+        ctypes.byref(vec), len(data), ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_ubyte))
+    )
+    ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
+
+
+_TRAP_OUTCOMES: Final[dict[wasmtime.TrapCode, Outcome]] = {
+    wasmtime.TrapCode.OUT_OF_FUEL: Outcome.OUT_OF_FUEL,
+    wasmtime.TrapCode.INTERRUPT: Outcome.TIMEOUT,
+}
+
+
+class Sandbox:
+    """Compiles (through a cache) and runs jobs. Thread-safe."""
+
+    def __init__(self, engine: SandboxEngine, cache: ModuleCache) -> None:
+        self.engine = engine
+        self.cache = cache
+
+    def run(self, spec: JobSpec, module_bytes: bytes | None) -> Execution:
+        started_ns = time.time_ns()
+        t0 = time.perf_counter_ns()
+        compiled = self.cache.get_or_compile(spec.module_sha256, module_bytes)
+        if isinstance(compiled, ModuleFailure):
+            return self._finish(
+                spec, started_ns, t0, outcome=compiled.outcome, detail=compiled.detail,
+                state=_JobState(max_stdout=0, max_stderr=0), fuel_left=spec.limits.max_fuel,
+            )
+        return self._execute(spec, compiled, started_ns, t0)
+
+    def _execute(
+        self, spec: JobSpec, compiled: CompiledModule, started_ns: int, t0: int
+    ) -> Execution:
+        limits = spec.limits
+        state = _JobState(max_stdout=limits.max_stdout_bytes, max_stderr=limits.max_stderr_bytes)
+        store = wasmtime.Store(self.engine.engine)
+        outcome = Outcome.SUCCESS
+        trap_code = ""
+        detail = ""
+        memory: Any = None
+        fuel_left = limits.max_fuel
+        _current.job = state
+        try:
+            store.set_limits(memory_size=limits.max_memory_bytes, instances=1, memories=1, tables=4)
+            store.set_fuel(limits.max_fuel)
+            store.set_epoch_deadline(self.engine.ticks_for(limits.timeout_ms))
+            wasi = wasmtime.WasiConfig()
+            wasi.argv = list(spec.args)
+            wasi.env = [list(kv) for kv in spec.env]
+            _set_stdin(wasi, spec.stdin)
+            store.set_wasi(wasi)
+            try:
+                instance = compiled.pre.instantiate(store)
+                memory = instance.exports(store).get("memory")
+                start = instance.exports(store)["_start"]
+                assert isinstance(start, wasmtime.Func)
+                start(store)
+            except wasmtime.Trap as trap:
+                code = trap.trap_code
+                outcome = _TRAP_OUTCOMES.get(code, Outcome.TRAP) if code else Outcome.TRAP
+                trap_code = code.name.lower() if code else "unknown"
+                detail = _trap_detail(outcome, trap_code, limits)
+            except wasmtime.WasmtimeError as err:
+                message = str(err).splitlines()[0]
+                outcome, detail = _classify_error(message)
+                if isinstance(err, wasmtime.ExitTrap):
+                    outcome = Outcome.SUCCESS if err.code == 0 else Outcome.NONZERO_EXIT
+                    state.exit_code = err.code
+                    detail = ""
+            if state.stop_reason is not None:
+                # The guest was stopped on purpose by a host call (exit or
+                # output cap); the fuel trap that followed is not its outcome.
+                outcome, trap_code, detail = state.stop_reason, "", state.detail
+                fuel_left = state.fuel_at_stop if state.fuel_at_stop is not None else 0
+            else:
+                fuel_left = _fuel_left(store)
+            if outcome in (Outcome.TRAP, Outcome.NONZERO_EXIT) and _memory_at_cap(
+                store, memory, limits.max_memory_bytes
+            ):
+                outcome = Outcome.MEMORY_LIMIT
+                detail = f"linear memory reached its limit of {limits.max_memory_bytes} bytes"
+                trap_code = ""
+        finally:
+            _current.job = None
+            store.close()
+        return self._finish(
+            spec, started_ns, t0, outcome=outcome, detail=detail, state=state,
+            fuel_left=fuel_left, trap_code=trap_code,
+        )
+
+    def _finish(
+        self, spec: JobSpec, started_ns: int, t0: int, *, outcome: Outcome, detail: str,
+        state: _JobState, fuel_left: int, trap_code: str = "",
+    ) -> Execution:
+        elapsed_ns = time.perf_counter_ns() - t0
+        return Execution(
+            outcome=outcome,
+            exit_code=state.exit_code if outcome in (Outcome.SUCCESS, Outcome.NONZERO_EXIT) else 0,
+            trap_code=trap_code if outcome is Outcome.TRAP else "",
+            detail=detail,
+            stdout=bytes(state.stdout),
+            stderr=bytes(state.stderr),
+            fuel_consumed=max(0, spec.limits.max_fuel - fuel_left),
+            wall_time_us=elapsed_ns // 1000,
+            started_at_ns=started_ns,
+            finished_at_ns=started_ns + elapsed_ns,
+        )
+
+
+def _trap_detail(outcome: Outcome, trap_code: str, limits: ResourceLimits) -> str:
+    if outcome is Outcome.TIMEOUT:
+        return f"wall-time limit of {limits.timeout_ms} ms exceeded"
+    if outcome is Outcome.OUT_OF_FUEL:
+        return f"fuel limit of {limits.max_fuel} exhausted"
+    return f"wasm trap: {trap_code}"
+
+
+def _fuel_left(store: wasmtime.Store) -> int:
+    try:
+        return store.get_fuel()
+    except wasmtime.WasmtimeError:
+        return 0
+
+
+def _memory_at_cap(store: wasmtime.Store, memory: Any, cap: int) -> bool:
+    if not isinstance(memory, wasmtime.Memory):
+        return False
+    return memory.data_len(store) + PAGE > cap
+
+
+def _classify_error(message: str) -> tuple[Outcome, str]:
+    """Map a non-trap WasmtimeError during instantiation or start."""
+    lowered = message.lower()
+    if "memory" in lowered and ("limit" in lowered or "exceeds" in lowered):
+        return Outcome.MEMORY_LIMIT, message
+    if "import" in lowered:
+        return Outcome.UNKNOWN_IMPORT, message
+    return Outcome.TRAP, message
+
+
+__all__ = ["Execution", "JobSpec", "Sandbox", "make_linker"]

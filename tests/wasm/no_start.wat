@@ -1,0 +1,3 @@
+;; Exercises: missing entry point — valid module exporting only `memory`, no `_start`.
+(module
+  (memory (export "memory") 1))

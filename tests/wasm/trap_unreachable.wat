@@ -1,0 +1,5 @@
+;; Exercises: runtime trap — _start executes `unreachable`.
+(module
+  (memory (export "memory") 1)
+  (func (export "_start")
+    unreachable))
