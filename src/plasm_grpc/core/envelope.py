@@ -66,7 +66,5 @@ def verify(
     if expected_signer_node_id is not None:
         signer = envelope.signer_node_id
         if signer != expected_signer_node_id:
-            raise VerificationError(
-                f"signed by node {signer}, expected {expected_signer_node_id}"
-            )
+            raise VerificationError(f"signed by node {signer}, expected {expected_signer_node_id}")
     return envelope.payload

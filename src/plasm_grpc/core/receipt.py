@@ -47,8 +47,13 @@ class Receipt:
     version: int = RECEIPT_VERSION
 
     def __post_init__(self) -> None:
-        for name in ("module_sha256", "input_sha256", "stdout_sha256", "stderr_sha256",
-                     "executor_node_id"):
+        for name in (
+            "module_sha256",
+            "input_sha256",
+            "stdout_sha256",
+            "stderr_sha256",
+            "executor_node_id",
+        ):
             check_hex64(getattr(self, name), name)
         if self.requester_node_id:
             check_hex64(self.requester_node_id, "requester_node_id")

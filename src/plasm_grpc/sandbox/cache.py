@@ -35,7 +35,7 @@ WASM_MAGIC: Final = b"\x00asm"
 _MAC_BYTES: Final = 32
 
 
-class ModuleUnavailable(LookupError):
+class ModuleUnavailableError(LookupError):
     """No bytes were supplied and this node does not hold the module."""
 
 
@@ -145,7 +145,7 @@ class ModuleCache:
             if result is None:
                 data = module_bytes if module_bytes is not None else self._read_raw(sha256)
                 if data is None:
-                    raise ModuleUnavailable(f"module {sha256} is not held by this node")
+                    raise ModuleUnavailableError(f"module {sha256} is not held by this node")
                 result = self._compile(sha256, data)
             with self._lock:
                 self._lru[sha256] = result
@@ -164,13 +164,15 @@ class ModuleCache:
     def _compile(self, sha256: str, data: bytes) -> CompiledModule | ModuleFailure:
         if len(data) > self.settings.max_module_bytes:
             return ModuleFailure(
-                sha256, Outcome.INVALID_MODULE,
+                sha256,
+                Outcome.INVALID_MODULE,
                 f"module is {len(data)} bytes; the limit is {self.settings.max_module_bytes}",
             )
         if not data.startswith(WASM_MAGIC):
             # wasmtime would try to parse anything else as WAT text.
             return ModuleFailure(
-                sha256, Outcome.INVALID_MODULE,
+                sha256,
+                Outcome.INVALID_MODULE,
                 "not a WebAssembly binary (missing \\0asm magic)",
             )
         self.compiles += 1
@@ -181,7 +183,8 @@ class ModuleCache:
         artifact = bytes(module.serialize())
         if len(artifact) > self.settings.max_compiled_bytes:
             return ModuleFailure(
-                sha256, Outcome.COMPILE_LIMIT,
+                sha256,
+                Outcome.COMPILE_LIMIT,
                 f"compiled code is {len(artifact)} bytes; the limit is "
                 f"{self.settings.max_compiled_bytes}",
             )
@@ -196,7 +199,8 @@ class ModuleCache:
         start = [e for e in module.exports if e.name == "_start"]
         if not start or not isinstance(start[0].type, wasmtime.FuncType):
             return ModuleFailure(
-                sha256, Outcome.INVALID_MODULE,
+                sha256,
+                Outcome.INVALID_MODULE,
                 "module exports no _start function (a WASI command is required)",
             )
         try:

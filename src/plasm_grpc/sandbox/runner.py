@@ -105,7 +105,7 @@ def _state() -> _JobState:
 
 def _stop_guest(caller: wasmtime.Caller, state: _JobState, reason: Outcome) -> None:
     """Make the guest trap on its next instruction by taking all its fuel."""
-    context = caller._context()  # noqa: SLF001 - the only handle a host call has
+    context = caller._context()
     remaining = ctypes.c_uint64(0)
     if not ffi.wasmtime_context_get_fuel(context, ctypes.byref(remaining)):
         state.fuel_at_stop = remaining.value
@@ -164,11 +164,18 @@ def make_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
     linker.allow_shadowing = True
     i32 = wasmtime.ValType.i32()
     linker.define_func(
-        WASI_MODULE, "fd_write", wasmtime.FuncType([i32, i32, i32, i32], [i32]), _fd_write,
+        WASI_MODULE,
+        "fd_write",
+        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+        _fd_write,
         access_caller=True,
     )
     linker.define_func(
-        WASI_MODULE, "proc_exit", wasmtime.FuncType([i32], []), _proc_exit, access_caller=True,
+        WASI_MODULE,
+        "proc_exit",
+        wasmtime.FuncType([i32], []),
+        _proc_exit,
+        access_caller=True,
     )
     linker.allow_shadowing = False
     return linker
@@ -178,7 +185,9 @@ def _set_stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
     # WasiConfig has no public stdin-from-bytes; the C API does, and it copies.
     vec = ffi.wasm_byte_vec_t()
     ffi.wasm_byte_vec_new(
-        ctypes.byref(vec), len(data), ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_ubyte))
+        ctypes.byref(vec),
+        len(data),
+        ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_ubyte)),
     )
     ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
 
@@ -202,8 +211,13 @@ class Sandbox:
         compiled = self.cache.get_or_compile(spec.module_sha256, module_bytes)
         if isinstance(compiled, ModuleFailure):
             return self._finish(
-                spec, started_ns, t0, outcome=compiled.outcome, detail=compiled.detail,
-                state=_JobState(max_stdout=0, max_stderr=0), fuel_left=spec.limits.max_fuel,
+                spec,
+                started_ns,
+                t0,
+                outcome=compiled.outcome,
+                detail=compiled.detail,
+                state=_JobState(max_stdout=0, max_stderr=0),
+                fuel_left=spec.limits.max_fuel,
             )
         return self._execute(spec, compiled, started_ns, t0)
 
@@ -263,13 +277,27 @@ class Sandbox:
             _current.job = None
             store.close()
         return self._finish(
-            spec, started_ns, t0, outcome=outcome, detail=detail, state=state,
-            fuel_left=fuel_left, trap_code=trap_code,
+            spec,
+            started_ns,
+            t0,
+            outcome=outcome,
+            detail=detail,
+            state=state,
+            fuel_left=fuel_left,
+            trap_code=trap_code,
         )
 
     def _finish(
-        self, spec: JobSpec, started_ns: int, t0: int, *, outcome: Outcome, detail: str,
-        state: _JobState, fuel_left: int, trap_code: str = "",
+        self,
+        spec: JobSpec,
+        started_ns: int,
+        t0: int,
+        *,
+        outcome: Outcome,
+        detail: str,
+        state: _JobState,
+        fuel_left: int,
+        trap_code: str = "",
     ) -> Execution:
         elapsed_ns = time.perf_counter_ns() - t0
         return Execution(
@@ -296,7 +324,7 @@ def _trap_detail(outcome: Outcome, trap_code: str, limits: ResourceLimits) -> st
 
 def _fuel_left(store: wasmtime.Store) -> int:
     try:
-        return store.get_fuel()
+        return int(store.get_fuel())
     except wasmtime.WasmtimeError:
         return 0
 
@@ -304,7 +332,7 @@ def _fuel_left(store: wasmtime.Store) -> int:
 def _memory_at_cap(store: wasmtime.Store, memory: Any, cap: int) -> bool:
     if not isinstance(memory, wasmtime.Memory):
         return False
-    return memory.data_len(store) + PAGE > cap
+    return bool(memory.data_len(store) + PAGE > cap)
 
 
 def _classify_error(message: str) -> tuple[Outcome, str]:

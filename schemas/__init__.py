@@ -1,0 +1,1 @@
+"""JSON Schemas generated from proto/plasm/v1 by scripts/generate.py."""

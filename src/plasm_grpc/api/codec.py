@@ -1,0 +1,183 @@
+"""Conversion between generated protobuf messages and core values.
+
+With `plasm_grpc.net`, the only place that touches generated code.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError as ProtoDecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+from plasm.v1 import (
+    capability_pb2,
+    envelope_pb2,
+    limits_pb2,
+    manifest_pb2,
+    receipt_pb2,
+)
+
+from plasm_grpc.core.envelope import SignedEnvelope
+from plasm_grpc.core.errors import PlasmError
+from plasm_grpc.core.limits import ResourceLimits
+from plasm_grpc.core.outcome import Outcome
+from plasm_grpc.core.receipt import Receipt, RuntimeInfo
+
+
+class DecodeError(PlasmError):
+    """Bytes that should hold a message do not."""
+
+
+def limits_to_pb(limits: ResourceLimits) -> limits_pb2.ResourceLimits:
+    return limits_pb2.ResourceLimits(
+        max_memory_bytes=limits.max_memory_bytes,
+        max_fuel=limits.max_fuel,
+        timeout_ms=limits.timeout_ms,
+        max_stdout_bytes=limits.max_stdout_bytes,
+        max_stderr_bytes=limits.max_stderr_bytes,
+    )
+
+
+def limits_from_pb(msg: limits_pb2.ResourceLimits) -> ResourceLimits:
+    return ResourceLimits(
+        max_memory_bytes=msg.max_memory_bytes,
+        max_fuel=msg.max_fuel,
+        timeout_ms=msg.timeout_ms,
+        max_stdout_bytes=msg.max_stdout_bytes,
+        max_stderr_bytes=msg.max_stderr_bytes,
+    )
+
+
+def envelope_to_pb(env: SignedEnvelope) -> envelope_pb2.SignedEnvelope:
+    return envelope_pb2.SignedEnvelope(
+        payload=env.payload, signature=env.signature, signer_public_key=env.signer_public_key
+    )
+
+
+def envelope_from_pb(msg: envelope_pb2.SignedEnvelope) -> SignedEnvelope:
+    return SignedEnvelope(
+        payload=msg.payload, signature=msg.signature, signer_public_key=msg.signer_public_key
+    )
+
+
+def envelope_from_bytes(data: bytes) -> SignedEnvelope:
+    msg = envelope_pb2.SignedEnvelope()
+    try:
+        msg.ParseFromString(data)
+    except ProtoDecodeError as err:
+        raise DecodeError(f"not a SignedEnvelope: {err}") from err
+    return envelope_from_pb(msg)
+
+
+def _timestamp(ns: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(ns)
+    return ts
+
+
+def receipt_to_pb(receipt: Receipt) -> receipt_pb2.ReceiptBody:
+    return receipt_pb2.ReceiptBody(
+        version=receipt.version,
+        job_id=receipt.job_id,
+        module_sha256=receipt.module_sha256,
+        input_sha256=receipt.input_sha256,
+        stdout_sha256=receipt.stdout_sha256,
+        stderr_sha256=receipt.stderr_sha256,
+        stdout_bytes=receipt.stdout_bytes,
+        stderr_bytes=receipt.stderr_bytes,
+        outcome=receipt_pb2.Outcome.ValueType(int(receipt.outcome)),
+        exit_code=receipt.exit_code,
+        trap_code=receipt.trap_code,
+        fuel_consumed=receipt.fuel_consumed,
+        wall_time_us=receipt.wall_time_us,
+        limits=limits_to_pb(receipt.limits),
+        runtime=receipt_pb2.RuntimeInfo(
+            name=receipt.runtime.name,
+            version=receipt.runtime.version,
+            wasi_version=receipt.runtime.wasi_version,
+            config=list(receipt.runtime.config),
+        ),
+        executor_node_id=receipt.executor_node_id,
+        requester_node_id=receipt.requester_node_id,
+        started_at=_timestamp(receipt.started_at_ns),
+        finished_at=_timestamp(receipt.finished_at_ns),
+        detail=receipt.detail,
+    )
+
+
+def encode_receipt(receipt: Receipt) -> bytes:
+    return receipt_to_pb(receipt).SerializeToString(deterministic=True)
+
+
+def decode_receipt_body(payload: bytes) -> receipt_pb2.ReceiptBody:
+    """Decode a receipt payload whose signature has already been checked."""
+    body = receipt_pb2.ReceiptBody()
+    try:
+        body.ParseFromString(payload)
+    except ProtoDecodeError as err:
+        raise DecodeError(f"receipt payload is not a ReceiptBody: {err}") from err
+    return body
+
+
+def receipt_from_pb(body: receipt_pb2.ReceiptBody) -> Receipt:
+    try:
+        outcome = Outcome(body.outcome)
+    except ValueError as err:
+        raise DecodeError(f"receipt has unknown outcome {body.outcome}") from err
+    try:
+        return Receipt(
+            version=body.version,
+            job_id=body.job_id,
+            module_sha256=body.module_sha256,
+            input_sha256=body.input_sha256,
+            stdout_sha256=body.stdout_sha256,
+            stderr_sha256=body.stderr_sha256,
+            stdout_bytes=body.stdout_bytes,
+            stderr_bytes=body.stderr_bytes,
+            outcome=outcome,
+            exit_code=body.exit_code,
+            trap_code=body.trap_code,
+            fuel_consumed=body.fuel_consumed,
+            wall_time_us=body.wall_time_us,
+            limits=limits_from_pb(body.limits),
+            runtime=RuntimeInfo(
+                name=body.runtime.name,
+                version=body.runtime.version,
+                wasi_version=body.runtime.wasi_version,
+                config=tuple(body.runtime.config),
+            ),
+            executor_node_id=body.executor_node_id,
+            requester_node_id=body.requester_node_id,
+            started_at_ns=body.started_at.ToNanoseconds(),
+            finished_at_ns=body.finished_at.ToNanoseconds(),
+            detail=body.detail,
+        )
+    except PlasmError as err:
+        raise DecodeError(f"receipt body is malformed: {err}") from err
+
+
+def env_pairs(manifest: manifest_pb2.JobManifest) -> tuple[tuple[str, str], ...]:
+    return tuple((e.name, e.value) for e in manifest.env)
+
+
+def capabilities_pb(
+    *,
+    arch: str,
+    os_name: str,
+    cores: int,
+    memory_bytes: int,
+    runtime: RuntimeInfo,
+    max_limits: ResourceLimits,
+    free_slots: int,
+    total_slots: int,
+) -> capability_pb2.Capabilities:
+    return capability_pb2.Capabilities(
+        arch=arch,
+        os=os_name,
+        cores=cores,
+        memory_bytes=memory_bytes,
+        runtime_name=runtime.name,
+        runtime_version=runtime.version,
+        wasi_version=runtime.wasi_version,
+        max_limits=limits_to_pb(max_limits),
+        free_job_slots=free_slots,
+        total_job_slots=total_slots,
+    )

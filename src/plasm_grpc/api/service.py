@@ -1,0 +1,271 @@
+"""The `plasm.v1.PlasmService` servicer (grpc.aio).
+
+Every failure is a gRPC status with a human message and, in the trailing
+metadata key ``plasm-error-reason``, a `plasm.v1.ErrorReason` value name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from plasm.v1 import (
+    capability_pb2,
+    errors_pb2,
+    job_pb2,
+    receipt_pb2,
+    service_pb2,
+    service_pb2_grpc,
+)
+
+from plasm_grpc import __version__
+from plasm_grpc.api import codec
+from plasm_grpc.api.verify import ReceiptInput, verify_receipt
+from plasm_grpc.core.errors import InvalidIdError
+from plasm_grpc.core.ids import check_hex64, check_job_id
+from plasm_grpc.jobs.executor import AdmissionError, JobExecutor, JobRequest
+from plasm_grpc.logs import EventLog
+from plasm_grpc.store.receipts import InvalidPageTokenError
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+REASON_KEY: Final = "plasm-error-reason"
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 1000
+
+_STATUS: Final[dict[str, grpc.StatusCode]] = {
+    "INVALID_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
+    "MODULE_HASH_MISMATCH": grpc.StatusCode.INVALID_ARGUMENT,
+    "MODULE_TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "MODULE_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "LIMITS_TOO_HIGH": grpc.StatusCode.INVALID_ARGUMENT,
+    "INPUT_TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "BUSY": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "SHUTTING_DOWN": grpc.StatusCode.UNAVAILABLE,
+    "RECEIPT_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "INVALID_PAGE_TOKEN": grpc.StatusCode.INVALID_ARGUMENT,
+    "PLACEMENT_UNAVAILABLE": grpc.StatusCode.FAILED_PRECONDITION,
+    "INTERNAL": grpc.StatusCode.INTERNAL,
+}
+# Every reason above must be a plasm.v1.ErrorReason value (checked at import).
+for _reason in _STATUS:
+    errors_pb2.ErrorReason.Value(f"ERROR_REASON_{_reason}")
+
+
+async def _abort(context: Ctx, reason: str, message: str) -> NoReturn:
+    context.set_trailing_metadata(((REASON_KEY, f"ERROR_REASON_{reason}"),))
+    await context.abort(_STATUS[reason], message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeFacts:
+    grpc_addresses: tuple[str, ...]
+    started_at_ns: int
+
+
+class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
+    def __init__(self, executor: JobExecutor, facts: NodeFacts, log: EventLog) -> None:
+        self.executor = executor
+        self.facts = facts
+        self.log = log
+
+    # -- Submit ------------------------------------------------------------
+
+    async def Submit(  # noqa: N802 - gRPC method name
+        self, request: service_pb2.SubmitRequest, context: Ctx
+    ) -> service_pb2.SubmitResponse:
+        manifest = request.manifest
+        await self._check_placement(manifest.placement, context)
+        if manifest.module_sha256:
+            try:
+                check_hex64(manifest.module_sha256, "manifest.module_sha256")
+            except InvalidIdError as err:
+                await _abort(context, "INVALID_REQUEST", str(err))
+        try:
+            limits = codec.limits_from_pb(manifest.limits)
+            done = await self.executor.submit(
+                JobRequest(
+                    module_sha256=manifest.module_sha256,
+                    module=request.module,
+                    args=tuple(manifest.args),
+                    env=codec.env_pairs(manifest),
+                    stdin=manifest.stdin,
+                    limits=limits,
+                )
+            )
+        except AdmissionError as err:
+            self.log.event("job_refused", reason=err.reason, detail=str(err))
+            await _abort(context, err.reason, str(err))
+        ex = done.execution
+        return service_pb2.SubmitResponse(
+            result=job_pb2.JobResult(
+                job_id=done.job_id,
+                outcome=receipt_pb2.Outcome.ValueType(int(ex.outcome)),
+                exit_code=ex.exit_code,
+                trap_code=ex.trap_code,
+                stdout=ex.stdout,
+                stderr=ex.stderr,
+                receipt=codec.envelope_to_pb(done.envelope),
+                detail=ex.detail,
+            )
+        )
+
+    async def _check_placement(
+        self, placement: capability_pb2.PlacementRequirements, context: Ctx
+    ) -> None:
+        mode = placement.mode
+        if mode == capability_pb2.PLACEMENT_MODE_PEER and placement.peer_node_id not in (
+            "",
+            self.executor.key.node_id,
+        ):
+            await _abort(
+                context,
+                "PLACEMENT_UNAVAILABLE",
+                f"peer {placement.peer_node_id[:16]}… is not reachable: this node has no "
+                "overlay connections yet; submit with local placement",
+            )
+        runtime = self.executor.sandbox.engine.runtime
+        if placement.arch and placement.arch != platform.machine():
+            await _abort(
+                context,
+                "PLACEMENT_UNAVAILABLE",
+                f"job requires arch {placement.arch!r}; this node is {platform.machine()!r}",
+            )
+        if placement.wasi_version and placement.wasi_version != runtime.wasi_version:
+            await _abort(
+                context,
+                "PLACEMENT_UNAVAILABLE",
+                f"job requires WASI {placement.wasi_version!r}; this node runs "
+                f"{runtime.wasi_version!r}",
+            )
+        max_mem = self.executor.max_limits.max_memory_bytes
+        if placement.min_memory_bytes > max_mem:
+            await _abort(
+                context,
+                "PLACEMENT_UNAVAILABLE",
+                f"job requires {placement.min_memory_bytes} bytes of memory; this node "
+                f"offers at most {max_mem}",
+            )
+
+    # -- Verify ------------------------------------------------------------
+
+    async def Verify(  # noqa: N802
+        self, request: service_pb2.VerifyRequest, context: Ctx
+    ) -> service_pb2.VerifyResponse:
+        if not request.HasField("receipt"):
+            await _abort(context, "INVALID_REQUEST", "VerifyRequest.receipt is required")
+        expected = request.expected_executor_node_id
+        if expected:
+            try:
+                check_hex64(expected, "expected_executor_node_id")
+            except InvalidIdError as err:
+                await _abort(context, "INVALID_REQUEST", str(err))
+        job_input = None
+        if request.HasField("input"):
+            job_input = ReceiptInput(
+                args=tuple(request.input.args),
+                env=codec.env_pairs(request.input),
+                stdin=request.input.stdin,
+            )
+        result = verify_receipt(
+            codec.envelope_from_pb(request.receipt),
+            expected_executor_node_id=expected or None,
+            stdout=request.stdout if request.HasField("stdout") else None,
+            stderr=request.stderr if request.HasField("stderr") else None,
+            module=request.module if request.HasField("module") else None,
+            job_input=job_input,
+        )
+        response = service_pb2.VerifyResponse(
+            valid=result.valid,
+            checks=[
+                service_pb2.VerifyCheck(name=c.name, passed=c.passed, detail=c.detail)
+                for c in result.checks
+            ],
+            signer_node_id=result.signer_node_id,
+        )
+        if result.body is not None:
+            response.body.CopyFrom(result.body)
+        return response
+
+    # -- Node info and receipts ---------------------------------------------
+
+    async def GetNodeInfo(  # noqa: N802
+        self, request: service_pb2.GetNodeInfoRequest, context: Ctx
+    ) -> service_pb2.GetNodeInfoResponse:
+        ex = self.executor
+        started = Timestamp()
+        started.FromNanoseconds(self.facts.started_at_ns)
+        return service_pb2.GetNodeInfoResponse(
+            node_id=ex.key.node_id,
+            public_key=ex.key.public_key,
+            version=__version__,
+            capabilities=codec.capabilities_pb(
+                arch=platform.machine(),
+                os_name=platform.system().lower(),
+                cores=os.cpu_count() or 1,
+                memory_bytes=_total_memory(),
+                runtime=ex.sandbox.engine.runtime,
+                max_limits=ex.max_limits,
+                free_slots=ex.free_slots,
+                total_slots=ex.slots,
+            ),
+            grpc_addresses=list(self.facts.grpc_addresses),
+            started_at=started,
+            jobs_running=ex.running,
+            jobs_queued=ex.queued,
+            jobs_completed=ex.completed,
+            receipts_stored=ex.store.count(),
+            cached_modules=ex.sandbox.cache.cached_count(),
+        )
+
+    async def GetReceipt(  # noqa: N802
+        self, request: service_pb2.GetReceiptRequest, context: Ctx
+    ) -> service_pb2.GetReceiptResponse:
+        try:
+            job_id = check_job_id(request.job_id)
+        except InvalidIdError as err:
+            await _abort(context, "INVALID_REQUEST", str(err))
+        row = self.executor.store.get(job_id)
+        if row is None:
+            await _abort(context, "RECEIPT_NOT_FOUND", f"no receipt for job {job_id} on this node")
+        return service_pb2.GetReceiptResponse(receipt=_stored(row.envelope))
+
+    async def ListReceipts(  # noqa: N802
+        self, request: service_pb2.ListReceiptsRequest, context: Ctx
+    ) -> service_pb2.ListReceiptsResponse:
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        size = min(size, MAX_PAGE_SIZE)
+        try:
+            rows, token = self.executor.store.list_page(size, request.page_token)
+        except InvalidPageTokenError as err:
+            await _abort(context, "INVALID_PAGE_TOKEN", str(err))
+        return service_pb2.ListReceiptsResponse(
+            receipts=[_stored(r.envelope) for r in rows], next_page_token=token
+        )
+
+
+def _stored(envelope_bytes: bytes) -> service_pb2.StoredReceipt:
+    env = codec.envelope_from_bytes(envelope_bytes)
+    stored = service_pb2.StoredReceipt(receipt=codec.envelope_to_pb(env))
+    # Our own store; should decoding fail, the envelope stays authoritative.
+    with contextlib.suppress(codec.DecodeError):
+        stored.body.CopyFrom(codec.decode_receipt_body(env.payload))
+    return stored
+
+
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,1 @@
+"""The `plasm` command-line client."""

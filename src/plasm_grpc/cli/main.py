@@ -1,0 +1,609 @@
+"""`plasm`: talk to a Plasm node and verify receipts.
+
+Tables for people; `--json` for scripts. A job's stdout goes to stdout
+untouched so it can be piped; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import json_format
+from plasm.v1 import (
+    capability_pb2,
+    envelope_pb2,
+    manifest_pb2,
+    receipt_pb2,
+    service_pb2,
+    service_pb2_grpc,
+)
+from rich.console import Console
+from rich.table import Table
+
+from plasm_grpc import __version__
+from plasm_grpc.api import codec
+from plasm_grpc.api.verify import ReceiptInput, VerifyResult, verify_receipt
+from plasm_grpc.core.ids import sha256_hex
+
+DEFAULT_ADDR = "127.0.0.1:50151"
+EXIT_USAGE = 2
+EXIT_RPC = 1
+EXIT_JOB_FAILED = 3
+EXIT_UNVERIFIED = 4
+
+err_console = Console(stderr=True, highlight=False)
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_RPC) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def die(message: str, code: int = EXIT_RPC) -> NoReturn:
+    raise CliError(message, code)
+
+
+# -- connection --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Client:
+    addr: str
+    timeout: float
+    channel: grpc.Channel
+    stub: service_pb2_grpc.PlasmServiceStub
+
+    def call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            die(describe_rpc_error(err, self.addr))
+
+
+def describe_rpc_error(err: grpc.RpcError, addr: str) -> str:
+    code = err.code() if isinstance(err, grpc.Call) else None
+    details = err.details() if isinstance(err, grpc.Call) else str(err)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"cannot reach plasmd at {addr}: {details}\n"
+            "Is the daemon running? Start it with `plasmd`, or point at it with --addr "
+            "or $PLASM_ADDR."
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"plasmd at {addr} did not answer in time (raise --timeout)"
+    reason = ""
+    if isinstance(err, grpc.Call):
+        for key, value in err.trailing_metadata() or ():
+            if key == "plasm-error-reason":
+                reason = f" [{value!s}]"
+    name = code.name if code is not None else "ERROR"
+    return f"plasmd refused the request: {name}{reason}: {details}"
+
+
+def connect(args: argparse.Namespace) -> Client:
+    addr: str = args.addr
+    max_bytes = 64 * 1024 * 1024
+    channel = grpc.insecure_channel(
+        addr,
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+        ],
+    )
+    return Client(addr, args.timeout, channel, service_pb2_grpc.PlasmServiceStub(channel))
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def read_file(path: str, what: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        die(f"{what} {path} does not exist", EXIT_USAGE)
+    except OSError as err:
+        die(f"cannot read {what} {path}: {err.strerror}", EXIT_USAGE)
+
+
+def load_manifest(path: str) -> manifest_pb2.JobManifest:
+    """Parse a JSON manifest, validating it against schemas/job_manifest.schema.json."""
+    import jsonschema
+
+    raw = read_file(path, "manifest")
+    try:
+        document = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        die(f"manifest {path} is not valid JSON: {err}", EXIT_USAGE)
+    schema = json.loads(
+        (files("plasm_grpc.schemas") / "job_manifest.schema.json").read_text("utf-8")
+    )
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors[:10]:
+            where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+            lines.append(f"  at {where}: {e.message}")
+        die(
+            f"manifest {path} does not match the JobManifest schema:\n" + "\n".join(lines),
+            EXIT_USAGE,
+        )
+    manifest = manifest_pb2.JobManifest()
+    try:
+        json_format.ParseDict(document, manifest)
+    except json_format.ParseError as err:
+        die(f"manifest {path}: {err}", EXIT_USAGE)
+    return manifest
+
+
+def parse_env(pairs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            die(f"--env expects NAME=VALUE, got {pair!r}", EXIT_USAGE)
+        out.append((name, value))
+    return out
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def envelope_json(env: envelope_pb2.SignedEnvelope) -> dict[str, Any]:
+    return json_format.MessageToDict(env)
+
+
+def body_json(body: receipt_pb2.ReceiptBody) -> dict[str, Any]:
+    return json_format.MessageToDict(body, always_print_fields_with_no_presence=True)
+
+
+def verification_json(result: VerifyResult) -> dict[str, Any]:
+    return {
+        "valid": result.valid,
+        "signerNodeId": result.signer_node_id,
+        "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in result.checks],
+    }
+
+
+def show_verification(result: VerifyResult) -> None:
+    table = Table(title="receipt verification", show_header=True, title_justify="left")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for c in result.checks:
+        table.add_row(c.name, "[green]ok[/]" if c.passed else "[red]FAILED[/]", c.detail)
+    err_console.print(table)
+    if result.valid:
+        err_console.print(f"[green]receipt verified[/]: signed by node {result.signer_node_id}")
+    else:
+        err_console.print("[red]receipt NOT verified[/]")
+
+
+def show_body(body: receipt_pb2.ReceiptBody, title: str = "receipt") -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    outcome = receipt_pb2.Outcome.Name(body.outcome).removeprefix("OUTCOME_").lower()
+    rows = [
+        ("job id", body.job_id),
+        ("outcome", outcome + (f" ({body.detail})" if body.detail else "")),
+        ("exit code", str(body.exit_code)),
+        ("trap", body.trap_code or "-"),
+        ("fuel", f"{body.fuel_consumed:,} of {body.limits.max_fuel:,}"),
+        ("wall time", f"{body.wall_time_us / 1000:.3f} ms"),
+        ("module sha256", body.module_sha256),
+        ("input sha256", body.input_sha256),
+        ("stdout", f"{body.stdout_bytes} bytes, sha256 {body.stdout_sha256}"),
+        ("stderr", f"{body.stderr_bytes} bytes, sha256 {body.stderr_sha256}"),
+        ("executor", body.executor_node_id),
+        ("runtime", f"{body.runtime.name} {body.runtime.version} ({body.runtime.wasi_version})"),
+        ("finished", body.finished_at.ToJsonString()),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    err_console.print(table)
+
+
+# -- commands --------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.manifest) if args.manifest else manifest_pb2.JobManifest()
+    module = read_file(args.module, "module") if args.module else b""
+    if not module and not manifest.module_sha256:
+        die("give a module file, or a manifest with module_sha256", EXIT_USAGE)
+    if args.stdin is not None and args.stdin_file is not None:
+        die("use --stdin or --stdin-file, not both", EXIT_USAGE)
+    if args.stdin is not None:
+        manifest.stdin = args.stdin.encode()
+    elif args.stdin_file is not None:
+        manifest.stdin = read_file(args.stdin_file, "stdin file")
+    if not manifest.args and (args.args or module):
+        # argv[0] is the module's name, as a shell would give it.
+        manifest.args.append(Path(args.module).name if args.module else "module.wasm")
+    manifest.args.extend(args.args)
+    for name, value in parse_env(args.env):
+        manifest.env.append(manifest_pb2.EnvVar(name=name, value=value))
+    lim = manifest.limits
+    for flag, field in (
+        ("memory", "max_memory_bytes"),
+        ("fuel", "max_fuel"),
+        ("timeout_ms", "timeout_ms"),
+        ("max_stdout", "max_stdout_bytes"),
+        ("max_stderr", "max_stderr_bytes"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(lim, field, value)
+    if args.local:
+        manifest.placement.mode = capability_pb2.PLACEMENT_MODE_LOCAL
+    if module and manifest.module_sha256 and manifest.module_sha256 != sha256_hex(module):
+        die(f"{args.module} does not hash to the manifest's module_sha256", EXIT_USAGE)
+
+    client = connect(args)
+    response: service_pb2.SubmitResponse = client.call(
+        "Submit", service_pb2.SubmitRequest(manifest=manifest, module=module)
+    )
+    result = response.result
+    verification = verify_receipt(
+        codec.envelope_from_pb(result.receipt),
+        expected_executor_node_id=args.expect_node or None,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        module=module or None,
+        job_input=ReceiptInput(
+            args=tuple(manifest.args), env=codec.env_pairs(manifest), stdin=manifest.stdin
+        ),
+    )
+    if args.receipt_out:
+        Path(args.receipt_out).write_text(
+            json_format.MessageToJson(result.receipt, indent=2) + "\n", "utf-8"
+        )
+    outcome = receipt_pb2.Outcome.Name(result.outcome).removeprefix("OUTCOME_").lower()
+    if args.json:
+        print_json(
+            {
+                "jobId": result.job_id,
+                "outcome": outcome,
+                "exitCode": result.exit_code,
+                "trapCode": result.trap_code,
+                "detail": result.detail,
+                "stdout": result.stdout.decode("utf-8", "replace"),
+                "stderr": result.stderr.decode("utf-8", "replace"),
+                "receipt": envelope_json(result.receipt),
+                "receiptBody": body_json(verification.body) if verification.body else None,
+                "verification": verification_json(verification),
+            }
+        )
+    else:
+        sys.stdout.buffer.write(result.stdout)
+        if result.stdout and not result.stdout.endswith(b"\n") and sys.stdout.isatty():
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        if result.stderr:
+            sys.stderr.buffer.write(result.stderr)
+            sys.stderr.flush()
+        if not args.quiet:
+            if verification.body is not None:
+                show_body(verification.body)
+            show_verification(verification)
+            if args.receipt_out:
+                err_console.print(f"receipt written to {args.receipt_out}")
+    if not verification.valid:
+        return EXIT_UNVERIFIED
+    if result.outcome == receipt_pb2.OUTCOME_SUCCESS:
+        return 0
+    if result.outcome == receipt_pb2.OUTCOME_NONZERO_EXIT:
+        return min(max(result.exit_code, 1), 255)
+    if not args.json:
+        err_console.print(f"[red]job ended: {outcome}[/] {result.detail}")
+    return EXIT_JOB_FAILED
+
+
+def load_envelope(path: str) -> envelope_pb2.SignedEnvelope:
+    """A receipt file: proto3 JSON of a SignedEnvelope or StoredReceipt, or binary."""
+    raw = read_file(path, "receipt")
+    env = envelope_pb2.SignedEnvelope()
+    stripped = raw.lstrip()
+    if stripped.startswith(b"{"):
+        try:
+            document = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            die(f"receipt {path} is not valid JSON: {err}", EXIT_USAGE)
+        if isinstance(document, dict) and "receipt" in document:
+            document = document["receipt"]
+        try:
+            json_format.ParseDict(document, env, ignore_unknown_fields=False)
+        except json_format.ParseError as err:
+            die(f"receipt {path} is not a SignedEnvelope: {err}", EXIT_USAGE)
+    else:
+        try:
+            env.ParseFromString(raw)
+        except Exception:  # noqa: BLE001 - protobuf raises several types here
+            die(f"receipt {path} is neither JSON nor a binary SignedEnvelope", EXIT_USAGE)
+    return env
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.job_id:
+        client = connect(args)
+        stored = client.call("GetReceipt", service_pb2.GetReceiptRequest(job_id=args.job_id))
+        env = stored.receipt.receipt
+    elif args.receipt:
+        env = load_envelope(args.receipt)
+    else:
+        die("give a receipt file or --job-id", EXIT_USAGE)
+    job_input = None
+    if args.stdin_text is not None or args.input_args or args.input_env:
+        job_input = ReceiptInput(
+            args=tuple(args.input_args),
+            env=tuple(parse_env(args.input_env)),
+            stdin=(args.stdin_text or "").encode(),
+        )
+    if args.daemon:
+        client = connect(args)
+        request = service_pb2.VerifyRequest(
+            receipt=env, expected_executor_node_id=args.expect_node or ""
+        )
+        if args.stdout_file:
+            request.stdout = read_file(args.stdout_file, "stdout file")
+        if args.module:
+            request.module = read_file(args.module, "module")
+        response: service_pb2.VerifyResponse = client.call("Verify", request)
+        if args.json:
+            print_json(json_format.MessageToDict(response))
+        else:
+            for c in response.checks:
+                mark = "[green]ok[/]" if c.passed else "[red]FAILED[/]"
+                err_console.print(f"{mark} {c.name}: {c.detail}")
+            err_console.print("[green]valid[/]" if response.valid else "[red]NOT valid[/]")
+        return 0 if response.valid else EXIT_UNVERIFIED
+    result = verify_receipt(
+        codec.envelope_from_pb(env),
+        expected_executor_node_id=args.expect_node or None,
+        stdout=read_file(args.stdout_file, "stdout file") if args.stdout_file else None,
+        module=read_file(args.module, "module") if args.module else None,
+        job_input=job_input,
+    )
+    if args.json:
+        out = verification_json(result)
+        out["receiptBody"] = body_json(result.body) if result.body else None
+        print_json(out)
+    else:
+        if result.body is not None:
+            show_body(result.body)
+        show_verification(result)
+    return 0 if result.valid else EXIT_UNVERIFIED
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    client = connect(args)
+    info: service_pb2.GetNodeInfoResponse = client.call(
+        "GetNodeInfo", service_pb2.GetNodeInfoRequest()
+    )
+    if args.json:
+        print_json(json_format.MessageToDict(info, always_print_fields_with_no_presence=True))
+        return 0
+    caps = info.capabilities
+    table = Table(
+        title=f"plasmd {info.version} at {args.addr}", show_header=False, title_justify="left"
+    )
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for k, v in (
+        ("node id", info.node_id),
+        ("listening", ", ".join(info.grpc_addresses)),
+        ("started", info.started_at.ToJsonString()),
+        (
+            "platform",
+            f"{caps.arch} {caps.os}, {caps.cores} cores, {caps.memory_bytes / 2**30:.1f} GiB",
+        ),
+        ("runtime", f"{caps.runtime_name} {caps.runtime_version} ({caps.wasi_version})"),
+        ("job slots", f"{caps.free_job_slots} free of {caps.total_job_slots}"),
+        (
+            "jobs",
+            f"{info.jobs_running} running, {info.jobs_queued} queued, "
+            f"{info.jobs_completed} completed since start",
+        ),
+        ("receipts stored", str(info.receipts_stored)),
+        ("modules cached", str(info.cached_modules)),
+        ("max memory", f"{caps.max_limits.max_memory_bytes / 2**20:.0f} MiB per job"),
+        ("max time", f"{caps.max_limits.timeout_ms / 1000:g} s per job"),
+    ):
+        table.add_row(k, v)
+    Console(highlight=False).print(table)
+    return 0
+
+
+def cmd_receipts(args: argparse.Namespace) -> int:
+    client = connect(args)
+    response: service_pb2.ListReceiptsResponse = client.call(
+        "ListReceipts",
+        service_pb2.ListReceiptsRequest(page_size=args.limit, page_token=args.page_token or ""),
+    )
+    if args.json:
+        print_json(json_format.MessageToDict(response))
+        return 0
+    table = Table(title="receipts (newest first)", title_justify="left")
+    for col in ("job id", "finished", "outcome", "exit", "wall ms", "module"):
+        table.add_column(col)
+    for stored in response.receipts:
+        b = stored.body
+        table.add_row(
+            b.job_id,
+            b.finished_at.ToJsonString(),
+            receipt_pb2.Outcome.Name(b.outcome).removeprefix("OUTCOME_").lower(),
+            str(b.exit_code),
+            f"{b.wall_time_us / 1000:.2f}",
+            b.module_sha256[:16] + "…",
+        )
+    Console(highlight=False).print(table)
+    if response.next_page_token:
+        err_console.print(f"more: plasm receipts --page-token {response.next_page_token}")
+    return 0
+
+
+def cmd_receipt(args: argparse.Namespace) -> int:
+    client = connect(args)
+    response: service_pb2.GetReceiptResponse = client.call(
+        "GetReceipt", service_pb2.GetReceiptRequest(job_id=args.job_id)
+    )
+    env = response.receipt.receipt
+    if args.out:
+        Path(args.out).write_text(json_format.MessageToJson(env, indent=2) + "\n", "utf-8")
+        err_console.print(f"receipt written to {args.out}")
+    if args.json:
+        print_json({"receipt": envelope_json(env), "body": body_json(response.receipt.body)})
+    else:
+        show_body(response.receipt.body)
+    return 0
+
+
+# -- argument parsing ----------------------------------------------------------------
+
+
+def _nonneg(value: str) -> int:
+    try:
+        n = int(value, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative integer, got {value!r}"
+        ) from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
+    return n
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="plasm",
+        description="Run WebAssembly jobs on a Plasm node and verify their signed receipts.",
+        epilog="exit codes: 0 ok; 1 daemon error; 2 usage; 3 job did not succeed; "
+        "4 receipt failed verification; for a job that exits non-zero, its exit code.",
+    )
+    p.add_argument(
+        "--addr",
+        default=os.environ.get("PLASM_ADDR", DEFAULT_ADDR),
+        help="plasmd gRPC address: host:port or unix:/path "
+        f"(default $PLASM_ADDR or {DEFAULT_ADDR})",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="RPC deadline in seconds")
+    p.add_argument("--version", action="version", version=f"plasm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser(
+        "submit",
+        help="run a WASI module and verify its receipt",
+        description="Submit a WASI module to the node, print its stdout, and "
+        "verify the signed receipt against what was sent and received.",
+    )
+    s.add_argument("module", nargs="?", help="the .wasm file ('-' for standard input)")
+    s.add_argument("--manifest", help="JSON JobManifest (validated against its JSON Schema)")
+    s.add_argument("--stdin", help="text given to the guest on stdin")
+    s.add_argument("--stdin-file", help="file given to the guest on stdin ('-' for ours)")
+    s.add_argument(
+        "--arg",
+        dest="args",
+        action="append",
+        default=[],
+        help="argument for the guest (repeatable); argv[0] is the module name",
+    )
+    s.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for the guest (repeatable); none are inherited",
+    )
+    s.add_argument("--memory", type=_nonneg, help="max linear memory in bytes")
+    s.add_argument("--fuel", type=_nonneg, help="fuel budget (about one unit per instruction)")
+    s.add_argument("--timeout-ms", type=_nonneg, help="wall-time budget in milliseconds")
+    s.add_argument("--max-stdout", type=_nonneg, help="stdout cap in bytes")
+    s.add_argument("--max-stderr", type=_nonneg, help="stderr cap in bytes")
+    s.add_argument("--local", action="store_true", help="require running on this node")
+    s.add_argument("--expect-node", help="fail verification unless this node id signed")
+    s.add_argument("--receipt-out", help="write the receipt (SignedEnvelope JSON) here")
+    s.add_argument("--quiet", "-q", action="store_true", help="print only the job's output")
+    s.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    s.set_defaults(func=cmd_submit)
+
+    v = sub.add_parser(
+        "verify",
+        help="verify a receipt offline (or via the daemon)",
+        description="Check a receipt's Ed25519 signature under the receipt "
+        "domain, that its signer is its executor, and optionally "
+        "that output, module and input match its hashes. Offline "
+        "unless --daemon or --job-id is given.",
+    )
+    v.add_argument("receipt", nargs="?", help="receipt file (JSON or binary SignedEnvelope)")
+    v.add_argument("--job-id", help="fetch this job's receipt from the node, verify offline")
+    v.add_argument("--stdout-file", help="check this file against the receipt's stdout hash")
+    v.add_argument("--module", help="check this module file against the receipt's module hash")
+    v.add_argument("--stdin-text", help="input check: the stdin text that was sent")
+    v.add_argument(
+        "--input-arg",
+        dest="input_args",
+        action="append",
+        default=[],
+        help="input check: an argument that was sent, argv[0] included (repeatable)",
+    )
+    v.add_argument(
+        "--input-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="input check: an env var that was sent (repeatable)",
+    )
+    v.add_argument("--expect-node", help="require this signer node id")
+    v.add_argument("--daemon", action="store_true", help="ask the node's Verify RPC instead")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+    i = sub.add_parser("info", help="node id, capabilities and state")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+
+    r = sub.add_parser("receipts", help="list stored receipts, newest first")
+    r.add_argument("--limit", type=_nonneg, default=20, help="receipts per page (max 1000)")
+    r.add_argument("--page-token", help="from a previous page")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_receipts)
+
+    g = sub.add_parser("receipt", help="show one stored receipt")
+    g.add_argument("job_id")
+    g.add_argument("--out", help="write the receipt (SignedEnvelope JSON) to this file")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_receipt)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as err:
+        err_console.print(f"[red]plasm:[/] {err}", markup=True, soft_wrap=True)
+        return err.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

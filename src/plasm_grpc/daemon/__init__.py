@@ -1,0 +1,1 @@
+"""plasmd: configuration, wiring, signals and readiness."""

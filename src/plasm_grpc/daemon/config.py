@@ -1,0 +1,214 @@
+"""plasmd configuration: a TOML file whose every key is optional.
+
+With no file at all the defaults give a working single node on loopback.
+`plasmd --print-config` prints the effective configuration as TOML, and
+docs/configuration.md documents each key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plasm_grpc.core.limits import DEFAULT_LIMITS, MAXIMUM_LIMITS, ResourceLimits
+
+DEFAULT_GRPC_LISTEN = "127.0.0.1:50151"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "plasm"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrpcConfig:
+    # host:port for TCP; "" disables TCP. Anything but loopback must be chosen on purpose.
+    listen: str = DEFAULT_GRPC_LISTEN
+    # Path of a Unix socket to serve on as well; "" for none.
+    unix_socket: str = ""
+    # Largest request or response, in bytes (a module plus stdin must fit).
+    max_message_bytes: int = 64 * 1024 * 1024
+    # Seconds SIGTERM waits for in-flight RPCs after jobs have drained.
+    shutdown_grace_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobsConfig:
+    # Jobs run at once; 0 means one per CPU core.
+    slots: int = 0
+    # Jobs that may wait for a slot before Submit answers RESOURCE_EXHAUSTED.
+    queue: int = 256
+    # Seconds SIGTERM waits for running jobs before exiting anyway.
+    drain_timeout_s: float = 30.0
+    max_module_bytes: int = 16 * 1024 * 1024
+    max_stdin_bytes: int = 8 * 1024 * 1024
+    max_args: int = 1024
+    max_env: int = 1024
+    max_arg_env_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxConfig:
+    max_wasm_stack: int = 512 * 1024
+    epoch_tick_ms: float = 5.0
+    max_compiled_bytes: int = 128 * 1024 * 1024
+    max_cached_modules: int = 128
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    # Applied where a job leaves a limit at zero.
+    default: ResourceLimits = DEFAULT_LIMITS
+    # A job asking for more than these is refused.
+    max: ResourceLimits = MAXIMUM_LIMITS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    data_dir: Path = field(default_factory=default_data_dir)
+    grpc: GrpcConfig = GrpcConfig()
+    jobs: JobsConfig = JobsConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    limits: LimitsConfig = LimitsConfig()
+    log: LogConfig = LogConfig()
+
+    def effective_slots(self) -> int:
+        return self.jobs.slots or (os.cpu_count() or 1)
+
+
+def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in known:
+            raise ConfigError(f"unknown key {path!r}; known: {', '.join(sorted(known))}")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, path)
+        elif isinstance(default, Path):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{path} must be a non-empty path string")
+            kwargs[key] = Path(value).expanduser()
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path} must be true or false, got {value!r}")
+            kwargs[key] = value
+        elif isinstance(default, float):
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{path} must be a non-negative number, got {value!r}")
+            kwargs[key] = float(value)
+        elif isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{path} must be a non-negative integer, got {value!r}")
+            kwargs[key] = value
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise ConfigError(f"{path} must be a string, got {value!r}")
+            kwargs[key] = value
+        else:  # pragma: no cover - every field type is handled above
+            raise ConfigError(f"{path}: unsupported type")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where or 'config'}: {err}") from err
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        return validate(Config())
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from err
+    try:
+        config = _build(Config, raw, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return validate(config)
+
+
+def validate(config: Config) -> Config:
+    if config.log.level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(
+            f"log.level must be debug, info, warning or error, got {config.log.level!r}"
+        )
+    if not config.grpc.listen and not config.grpc.unix_socket:
+        raise ConfigError("set grpc.listen or grpc.unix_socket (or both)")
+    if config.grpc.listen:
+        parse_host_port(config.grpc.listen)
+    for name in (
+        "max_memory_bytes",
+        "max_fuel",
+        "timeout_ms",
+        "max_stdout_bytes",
+        "max_stderr_bytes",
+    ):
+        if getattr(config.limits.default, name) > getattr(config.limits.max, name):
+            raise ConfigError(f"limits.default.{name} is above limits.max.{name}")
+        if getattr(config.limits.max, name) == 0:
+            raise ConfigError(f"limits.max.{name} must be positive")
+    if config.sandbox.epoch_tick_ms <= 0:
+        raise ConfigError("sandbox.epoch_tick_ms must be positive")
+    if config.jobs.max_module_bytes + config.jobs.max_stdin_bytes > config.grpc.max_message_bytes:
+        raise ConfigError(
+            "grpc.max_message_bytes must hold jobs.max_module_bytes + jobs.max_stdin_bytes"
+        )
+    return config
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"grpc.listen must be host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def to_toml(config: Config) -> str:
+    """The effective configuration, as a TOML file plasmd would accept."""
+    lines = [f'data_dir = "{config.data_dir}"']
+
+    def emit(prefix: str, obj: Any) -> None:
+        scalars = []
+        nested = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                nested.append((f.name, value))
+            else:
+                scalars.append((f.name, value))
+        if scalars:
+            lines.append("")
+            lines.append(f"[{prefix}]")
+            for key, value in scalars:
+                if isinstance(value, str):
+                    lines.append(f'{key} = "{value}"')
+                else:
+                    lines.append(f"{key} = {value}")
+        for key, value in nested:
+            emit(f"{prefix}.{key}", value)
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            emit(f.name, value)
+    return "\n".join(lines) + "\n"

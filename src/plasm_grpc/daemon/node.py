@@ -1,0 +1,177 @@
+"""Wire a node together and run it until a signal asks it to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from plasm.v1 import service_pb2, service_pb2_grpc
+
+from plasm_grpc.api import codec
+from plasm_grpc.api.service import NodeFacts, PlasmServicer
+from plasm_grpc.daemon.config import Config, parse_host_port
+from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
+from plasm_grpc.jobs.executor import InputLimits, JobExecutor
+from plasm_grpc.logs import EventLog
+from plasm_grpc.sandbox.cache import CacheSettings, ModuleCache
+from plasm_grpc.sandbox.engine import EngineSettings, SandboxEngine
+from plasm_grpc.sandbox.runner import Sandbox
+from plasm_grpc.store.receipts import ReceiptStore
+
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["PlasmService"].full_name
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class Node:
+    config: Config
+    log: EventLog
+    engine: SandboxEngine
+    store: ReceiptStore
+    executor: JobExecutor
+    server: grpc.aio.Server
+    health: health.HealthServicer
+    addresses: tuple[str, ...]
+
+    async def stop(self) -> None:
+        """Drain: refuse new jobs, finish admitted ones, then close everything."""
+        self.log.event(
+            "draining", jobs_running=self.executor.running, jobs_queued=self.executor.queued
+        )
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        drained = await self.executor.drain(self.config.jobs.drain_timeout_s)
+        if not drained:
+            self.log.warning(
+                "drain_timeout",
+                jobs_running=self.executor.running,
+                timeout_s=self.config.jobs.drain_timeout_s,
+            )
+        await self.server.stop(self.config.grpc.shutdown_grace_s)
+        self.executor.close()
+        self.store.close()
+        self.engine.close()
+        if self.config.grpc.unix_socket:
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.config.grpc.unix_socket).unlink()
+        self.log.event("stopped", jobs_completed=self.executor.completed)
+
+
+async def start_node(config: Config, log: EventLog) -> Node:
+    prepare_data_dir(config.data_dir)
+    key, created = load_node_key(config.data_dir)
+    log.event(
+        "identity", node_id=key.node_id, created=created, key_file=str(config.data_dir / "node.key")
+    )
+    engine = SandboxEngine(
+        EngineSettings(
+            max_wasm_stack=config.sandbox.max_wasm_stack,
+            epoch_tick_ms=config.sandbox.epoch_tick_ms,
+        )
+    )
+    cache = ModuleCache(
+        engine,
+        CacheSettings(
+            directory=config.data_dir,
+            max_module_bytes=config.jobs.max_module_bytes,
+            max_compiled_bytes=config.sandbox.max_compiled_bytes,
+            max_cached_modules=config.sandbox.max_cached_modules,
+        ),
+        load_cache_mac_key(config.data_dir),
+    )
+    store = ReceiptStore(config.data_dir / "receipts.sqlite3")
+    executor = JobExecutor(
+        key=key,
+        sandbox=Sandbox(engine, cache),
+        store=store,
+        encode_receipt=codec.encode_receipt,
+        encode_envelope=lambda env: codec.envelope_to_pb(env).SerializeToString(),
+        slots=config.effective_slots(),
+        queue_limit=config.jobs.queue,
+        default_limits=config.limits.default,
+        max_limits=config.limits.max,
+        input_limits=InputLimits(
+            max_module_bytes=config.jobs.max_module_bytes,
+            max_stdin_bytes=config.jobs.max_stdin_bytes,
+            max_args=config.jobs.max_args,
+            max_env=config.jobs.max_env,
+            max_arg_env_bytes=config.jobs.max_arg_env_bytes,
+        ),
+        log=log,
+    )
+    limit = config.grpc.max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.effective_slots() + config.jobs.queue + 256,
+    )
+    addresses: list[str] = []
+    if config.grpc.listen:
+        host, port = parse_host_port(config.grpc.listen)
+        bound = _bind(server, f"{config.grpc.listen}")
+        addresses.append(f"{host}:{bound}" if port == 0 else config.grpc.listen)
+    if config.grpc.unix_socket:
+        sock = Path(config.grpc.unix_socket)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()  # a stale socket from a crashed run
+        _bind(server, f"unix:{sock}")
+        addresses.append(f"unix:{sock}")
+    servicer = PlasmServicer(
+        executor, NodeFacts(grpc_addresses=tuple(addresses), started_at_ns=time.time_ns()), log
+    )
+    service_pb2_grpc.add_PlasmServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    await server.start()
+    if config.grpc.unix_socket:
+        os.chmod(config.grpc.unix_socket, 0o660)  # owner and group: local clients
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.event(
+        "ready",
+        node_id=key.node_id,
+        grpc=addresses,
+        data_dir=str(config.data_dir),
+        job_slots=executor.slots,
+        runtime=f"wasmtime {engine.runtime.version}",
+    )
+    return Node(config, log, engine, store, executor, server, health_servicer, tuple(addresses))
+
+
+def _bind(server: grpc.aio.Server, address: str) -> int:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise StartupError(f"cannot listen on {address}: {err}") from err
+    if port == 0 and not address.startswith("unix:"):
+        raise StartupError(f"cannot listen on {address}: address in use or not available")
+    return port
+
+
+async def run(config: Config, log: EventLog) -> None:
+    node = await start_node(config, log)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.event("signal", action="shutdown")
+    await node.stop()

@@ -1,0 +1,1 @@
+"""Job execution on this node: admission, the sandbox in worker threads, receipts."""

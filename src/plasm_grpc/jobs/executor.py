@@ -1,0 +1,265 @@
+"""Run jobs on this node: admission control, the sandbox in worker threads,
+signed receipts, and durable storage before anything is acknowledged.
+
+The sandbox, signing and hashing run in a thread pool sized to the job slots,
+so the event loop keeps answering health checks and other RPCs while a large
+module compiles or a long job runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from plasm_grpc.core import envelope as envelopes
+from plasm_grpc.core.envelope import SignedEnvelope
+from plasm_grpc.core.errors import PlasmError
+from plasm_grpc.core.ids import new_job_id, sha256_hex
+from plasm_grpc.core.input_hash import input_sha256
+from plasm_grpc.core.keys import NodeKey
+from plasm_grpc.core.limits import ResourceLimits, resolve_limits
+from plasm_grpc.core.receipt import Receipt
+from plasm_grpc.logs import EventLog
+from plasm_grpc.sandbox.cache import ModuleUnavailableError
+from plasm_grpc.sandbox.runner import Execution, JobSpec, Sandbox
+from plasm_grpc.store.receipts import ReceiptStore
+
+
+class AdmissionError(PlasmError):
+    """The job was refused before it started; `reason` names an ErrorReason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputLimits:
+    max_module_bytes: int = 16 * 1024 * 1024
+    max_stdin_bytes: int = 8 * 1024 * 1024
+    max_args: int = 1024
+    max_env: int = 1024
+    max_arg_env_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRequest:
+    module_sha256: str  # "" when only bytes were sent
+    module: bytes  # b"" when submitting by hash
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    stdin: bytes
+    limits: ResourceLimits  # as requested; zeros are defaults
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobDone:
+    job_id: str
+    execution: Execution
+    receipt: Receipt
+    envelope: SignedEnvelope
+
+
+ReceiptEncoder = Callable[[Receipt], bytes]
+EnvelopeEncoder = Callable[[SignedEnvelope], bytes]
+
+
+class JobExecutor:
+    def __init__(
+        self,
+        *,
+        key: NodeKey,
+        sandbox: Sandbox,
+        store: ReceiptStore,
+        encode_receipt: ReceiptEncoder,
+        encode_envelope: EnvelopeEncoder,
+        slots: int,
+        queue_limit: int,
+        default_limits: ResourceLimits,
+        max_limits: ResourceLimits,
+        input_limits: InputLimits,
+        log: EventLog,
+    ) -> None:
+        self.key = key
+        self.sandbox = sandbox
+        self.store = store
+        self._encode_receipt = encode_receipt
+        self._encode_envelope = encode_envelope
+        self.slots = slots
+        self.queue_limit = queue_limit
+        self.default_limits = default_limits
+        self.max_limits = max_limits
+        self.input_limits = input_limits
+        self.log = log
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="job")
+        self._admitted = 0  # queued + running
+        self.running = 0
+        self._running_lock = threading.Lock()
+        self.completed = 0
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def queued(self) -> int:
+        return max(0, self._admitted - self.running)
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - self.running)
+
+    def _check_input(self, req: JobRequest) -> tuple[str, ResourceLimits]:
+        lim = self.input_limits
+        if len(req.module) > lim.max_module_bytes:
+            raise AdmissionError(
+                "MODULE_TOO_LARGE",
+                f"module is {len(req.module)} bytes; this node accepts at most "
+                f"{lim.max_module_bytes}",
+            )
+        if len(req.stdin) > lim.max_stdin_bytes:
+            raise AdmissionError(
+                "INPUT_TOO_LARGE",
+                f"stdin is {len(req.stdin)} bytes; this node accepts at most {lim.max_stdin_bytes}",
+            )
+        if len(req.args) > lim.max_args or len(req.env) > lim.max_env:
+            raise AdmissionError(
+                "INPUT_TOO_LARGE",
+                f"{len(req.args)} args and {len(req.env)} env vars; this node accepts at most "
+                f"{lim.max_args} and {lim.max_env}",
+            )
+        arg_env_bytes = sum(len(a.encode()) for a in req.args) + sum(
+            len(k.encode()) + len(v.encode()) for k, v in req.env
+        )
+        if arg_env_bytes > lim.max_arg_env_bytes:
+            raise AdmissionError(
+                "INPUT_TOO_LARGE",
+                f"args and env total {arg_env_bytes} bytes; this node accepts at most "
+                f"{lim.max_arg_env_bytes}",
+            )
+        for text in (*req.args, *(k for k, _ in req.env), *(v for _, v in req.env)):
+            if "\x00" in text:
+                raise AdmissionError("INVALID_REQUEST", "args and env may not contain NUL")
+        if any(not k or "=" in k for k, _ in req.env):
+            raise AdmissionError("INVALID_REQUEST", "env names must be non-empty without '='")
+        try:
+            limits = resolve_limits(req.limits, self.default_limits, self.max_limits)
+        except PlasmError as err:
+            raise AdmissionError("LIMITS_TOO_HIGH", str(err)) from err
+        if req.module:
+            sha = sha256_hex(req.module)
+            if req.module_sha256 and req.module_sha256 != sha:
+                raise AdmissionError(
+                    "MODULE_HASH_MISMATCH",
+                    f"module bytes hash to {sha}, manifest says {req.module_sha256}",
+                )
+        else:
+            sha = req.module_sha256
+            if not sha:
+                raise AdmissionError(
+                    "INVALID_REQUEST", "send the module bytes or manifest.module_sha256"
+                )
+            if not self.sandbox.cache.has_module(sha):
+                raise AdmissionError(
+                    "MODULE_NOT_FOUND",
+                    f"this node does not hold module {sha}; send its bytes",
+                )
+        return sha, limits
+
+    async def submit(self, req: JobRequest) -> JobDone:
+        if self._draining:
+            raise AdmissionError("SHUTTING_DOWN", "node is shutting down; not accepting jobs")
+        if self._admitted >= self.slots + self.queue_limit:
+            raise AdmissionError(
+                "BUSY",
+                f"all {self.slots} job slots and {self.queue_limit} queue places are taken",
+            )
+        sha, limits = self._check_input(req)
+        job_id = new_job_id(os.urandom(16))
+        spec = JobSpec(
+            module_sha256=sha, args=req.args, env=req.env, stdin=req.stdin, limits=limits
+        )
+        self._admitted += 1
+        self._idle.clear()
+        try:
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(
+                self._pool, self._run_and_sign, job_id, spec, req.module or None
+            )
+            # Acknowledge only what is durably stored.
+            await asyncio.wrap_future(
+                self.store.add(
+                    job_id, self._encode_envelope(done.envelope), done.receipt.finished_at_ns
+                )
+            )
+        finally:
+            self._admitted -= 1
+            if self._admitted == 0:
+                self._idle.set()
+        self.completed += 1
+        ex = done.execution
+        self.log.event(
+            "job_finished",
+            job_id=job_id,
+            module_sha256=sha,
+            outcome=ex.outcome.label,
+            exit_code=ex.exit_code,
+            trap_code=ex.trap_code,
+            fuel=ex.fuel_consumed,
+            wall_time_us=ex.wall_time_us,
+            stdout_bytes=len(ex.stdout),
+        )
+        return done
+
+    def _run_and_sign(self, job_id: str, spec: JobSpec, module: bytes | None) -> JobDone:
+        with self._running_lock:
+            self.running += 1
+        try:
+            if module is not None:
+                self.sandbox.cache.put_module(spec.module_sha256, module)
+            try:
+                ex = self.sandbox.run(spec, module)
+            except ModuleUnavailableError as err:  # evicted between admission and run
+                raise AdmissionError("MODULE_NOT_FOUND", str(err)) from err
+        finally:
+            with self._running_lock:
+                self.running -= 1
+        receipt = Receipt(
+            job_id=job_id,
+            module_sha256=spec.module_sha256,
+            input_sha256=input_sha256(spec.args, spec.env, spec.stdin),
+            stdout_sha256=hashlib.sha256(ex.stdout).hexdigest(),
+            stderr_sha256=hashlib.sha256(ex.stderr).hexdigest(),
+            stdout_bytes=len(ex.stdout),
+            stderr_bytes=len(ex.stderr),
+            outcome=ex.outcome,
+            exit_code=ex.exit_code,
+            trap_code=ex.trap_code,
+            fuel_consumed=ex.fuel_consumed,
+            wall_time_us=ex.wall_time_us,
+            limits=spec.limits,
+            runtime=self.sandbox.engine.runtime,
+            executor_node_id=self.key.node_id,
+            requester_node_id=self.key.node_id,
+            started_at_ns=ex.started_at_ns,
+            finished_at_ns=ex.finished_at_ns,
+            detail=ex.detail,
+        )
+        envelope = envelopes.sign(self.key, envelopes.RECEIPT_DOMAIN, self._encode_receipt(receipt))
+        return JobDone(job_id=job_id, execution=ex, receipt=receipt, envelope=envelope)
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new jobs and wait for admitted ones. True if all finished."""
+        self._draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
