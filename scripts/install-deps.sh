@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install everything Plasm needs on a fresh Debian 12 machine, from pinned lists.
+#
+#   scripts/install-deps.sh            # runtime + tests: apt, pip (.venv), npm
+#   scripts/install-deps.sh --runtime  # just enough to run the demo
+#
+# Python packages go into .venv at the repo root, pinned by
+# requirements/constraints.txt; npm packages by package-lock.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=full
+case "${1:-}" in
+  --runtime) mode=runtime ;;
+  "") ;;
+  -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--runtime]" >&2; exit 2 ;;
+esac
+
+# clang/wasi-libc build the example modules from C; wabt assembles test modules.
+apt_runtime=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt python3-venv)
+# Debian's protoc 3.21 is the only generator whose PHP output runs on Debian's
+# php-google-protobuf; php-cli runs the generated-code smoke test.
+apt_test=(protobuf-compiler php-cli php-google-protobuf php-curl nodejs npm git)
+
+want=("${apt_runtime[@]}")
+[[ $mode == full ]] && want+=("${apt_test[@]}")
+missing=()
+for pkg in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: apt packages: ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PLASM_PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "install-deps: Python 3.11 or newer is required (found $("$PY" --version 2>&1)); set PLASM_PYTHON" >&2
+  exit 1
+fi
+if [[ ! -x .venv/bin/python ]]; then
+  echo "install-deps: creating .venv with $("$PY" --version)"
+  "$PY" -m venv .venv
+fi
+pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt "$@"; }
+if [[ $mode == full ]]; then
+  pip_install -e . -r requirements/dev.txt
+  echo "install-deps: npm packages (buf)"
+  npm ci --no-audit --no-fund --loglevel=error >/dev/null
+else
+  pip_install -e .
+fi
+echo "install-deps: done ($mode)"
