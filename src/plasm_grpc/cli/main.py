@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from importlib.resources import files
@@ -177,13 +178,21 @@ def verification_json(result: VerifyResult) -> dict[str, Any]:
     }
 
 
+_HEX64 = re.compile(r"\b([0-9a-f]{16})[0-9a-f]{48}\b")
+
+
+def short(text: str) -> str:
+    """Shorten 64-hex hashes and ids for tables; --json keeps them whole."""
+    return _HEX64.sub(r"\1…", text)
+
+
 def show_verification(result: VerifyResult) -> None:
     table = Table(title="receipt verification", show_header=True, title_justify="left")
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     for c in result.checks:
-        table.add_row(c.name, "[green]ok[/]" if c.passed else "[red]FAILED[/]", c.detail)
+        table.add_row(c.name, "[green]ok[/]" if c.passed else "[red]FAILED[/]", short(c.detail))
     err_console.print(table)
     if result.valid:
         err_console.print(f"[green]receipt verified[/]: signed by node {result.signer_node_id}")
@@ -212,7 +221,7 @@ def show_body(body: receipt_pb2.ReceiptBody, title: str = "receipt") -> None:
         ("finished", body.finished_at.ToJsonString()),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, short(v))
     err_console.print(table)
 
 
@@ -289,13 +298,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
     else:
         sys.stdout.buffer.write(result.stdout)
-        if result.stdout and not result.stdout.endswith(b"\n") and sys.stdout.isatty():
-            sys.stdout.buffer.write(b"\n")
         sys.stdout.flush()
         if result.stderr:
             sys.stderr.buffer.write(result.stderr)
             sys.stderr.flush()
         if not args.quiet:
+            if result.stdout and not result.stdout.endswith(b"\n"):
+                err_console.print()  # keep stdout byte-exact; separate on stderr
             if verification.body is not None:
                 show_body(verification.body)
             show_verification(verification)
