@@ -104,6 +104,7 @@ class JobExecutor:
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tasks: set[asyncio.Task[JobDone]] = set()
 
     @property
     def queued(self) -> int:
@@ -185,11 +186,24 @@ class JobExecutor:
         )
         self._admitted += 1
         self._idle.clear()
+        # Shielded: a client that cancels or times out does not stop the job
+        # half-way; it still finishes, and its receipt is stored (GetReceipt).
+        task = asyncio.create_task(self._execute(job_id, spec, req.module or None))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return await asyncio.shield(task)
+
+    def _task_done(self, task: asyncio.Task[JobDone]) -> None:
+        self._tasks.discard(task)
+        # The exception is retrieved here so it is logged even when the client went away.
+        err = None if task.cancelled() else task.exception()
+        if err is not None and not isinstance(err, AdmissionError):
+            self.log.error("job_failed", error=repr(err))
+
+    async def _execute(self, job_id: str, spec: JobSpec, module: bytes | None) -> JobDone:
         try:
             loop = asyncio.get_running_loop()
-            done = await loop.run_in_executor(
-                self._pool, self._run_and_sign, job_id, spec, req.module or None
-            )
+            done = await loop.run_in_executor(self._pool, self._run_and_sign, job_id, spec, module)
             # Acknowledge only what is durably stored.
             await asyncio.wrap_future(
                 self.store.add(
@@ -205,7 +219,7 @@ class JobExecutor:
         self.log.event(
             "job_finished",
             job_id=job_id,
-            module_sha256=sha,
+            module_sha256=spec.module_sha256,
             outcome=ex.outcome.label,
             exit_code=ex.exit_code,
             trap_code=ex.trap_code,
