@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from plasm.v1 import receipt_pb2
 
-from plasm_grpc.api.codec import DecodeError, decode_receipt_body
+from plasm_grpc.api.codec import DecodeError, decode_receipt_body, receipt_from_pb
 from plasm_grpc.core import envelope as envelopes
 from plasm_grpc.core.errors import InvalidIdError, VerificationError
 from plasm_grpc.core.input_hash import input_sha256
@@ -61,6 +61,10 @@ def verify_receipt(
     except DecodeError as err:
         checks.add("decode", False, str(err))
         return VerifyResult(False, checks.checks, None, signer)
+    try:
+        receipt_from_pb(body)
+    except DecodeError as err:
+        checks.add("well_formed", False, str(err))
     if body.version != RECEIPT_VERSION:
         checks.add("version", False, f"receipt version {body.version}, expected {RECEIPT_VERSION}")
     if body.executor_node_id == signer:

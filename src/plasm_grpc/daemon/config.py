@@ -8,6 +8,7 @@ docs/configuration.md documents each key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -89,18 +90,19 @@ class Config:
         return self.jobs.slots or (os.cpu_count() or 1)
 
 
-def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
+def _build(base: Any, data: dict[str, Any], where: str) -> Any:
+    """`base` with the keys in `data` replaced; keys not given keep base's values."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a table")
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(base)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in known:
             raise ConfigError(f"unknown key {path!r}; known: {', '.join(sorted(known))}")
-        default = getattr(cls(), key)
+        default = getattr(base, key)
         if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, path)
+            kwargs[key] = _build(default, value, path)
         elif isinstance(default, Path):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{path} must be a non-empty path string")
@@ -124,7 +126,7 @@ def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
         else:  # pragma: no cover - every field type is handled above
             raise ConfigError(f"{path}: unsupported type")
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where or 'config'}: {err}") from err
 
@@ -141,7 +143,7 @@ def load_config(path: Path | None) -> Config:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
     try:
-        config = _build(Config, raw, "")
+        config = _build(Config(), raw, "")
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
     return validate(config)
@@ -183,9 +185,14 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _toml_string(value: str) -> str:
+    # JSON string escapes are all valid TOML basic-string escapes; TOML also forbids raw DEL.
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def to_toml(config: Config) -> str:
     """The effective configuration, as a TOML file plasmd would accept."""
-    lines = [f'data_dir = "{config.data_dir}"']
+    lines = [f"data_dir = {_toml_string(str(config.data_dir))}"]
 
     def emit(prefix: str, obj: Any) -> None:
         scalars = []
@@ -201,7 +208,7 @@ def to_toml(config: Config) -> str:
             lines.append(f"[{prefix}]")
             for key, value in scalars:
                 if isinstance(value, str):
-                    lines.append(f'{key} = "{value}"')
+                    lines.append(f"{key} = {_toml_string(value)}")
                 else:
                     lines.append(f"{key} = {value}")
         for key, value in nested:

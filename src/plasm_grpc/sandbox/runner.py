@@ -153,7 +153,7 @@ def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritt
 
 def _proc_exit(caller: wasmtime.Caller, code: int) -> None:
     state = _state()
-    state.exit_code = code & 0xFFFFFFFF
+    state.exit_code = ctypes.c_int32(code).value  # receipt exit_code is int32
     _stop_guest(caller, state, Outcome.SUCCESS if code == 0 else Outcome.NONZERO_EXIT)
 
 

@@ -108,6 +108,9 @@ class ReceiptStore:
                 return
 
     def _commit(self, batch: list[_Write]) -> None:
+        # Mark every future running first: from here on cancel() returns False, and a
+        # waiter that already gave up (False) is not resolved, but its receipt is stored.
+        waiting = [w.done.set_running_or_notify_cancel() for w in batch]
         conn = self._writer_conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -120,11 +123,13 @@ class ReceiptStore:
         except sqlite3.Error as err:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            for w in batch:
-                w.done.set_exception(err)
+            for w, live in zip(batch, waiting, strict=True):
+                if live:
+                    w.done.set_exception(err)
             return
-        for w in batch:
-            w.done.set_result(None)
+        for w, live in zip(batch, waiting, strict=True):
+            if live:
+                w.done.set_result(None)
 
     def get(self, job_id: str) -> StoredRow | None:
         with self._reader_lock:
@@ -169,7 +174,7 @@ class ReceiptStore:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
+            if item is not None and item.done.set_running_or_notify_cancel():
                 item.done.set_exception(StoreClosedError("receipt store is closed"))
         self._writer_conn.close()
         with self._reader_lock:
@@ -177,9 +182,10 @@ class ReceiptStore:
 
 
 def _decode_token(token: str) -> int:
-    if not token.startswith(_PAGE_PREFIX) or not token[len(_PAGE_PREFIX) :].isdigit():
+    digits = token[len(_PAGE_PREFIX) :]
+    if not token.startswith(_PAGE_PREFIX) or not (digits.isascii() and digits.isdigit()):
         raise InvalidPageTokenError(f"page token {token[:40]!r} was not issued by this node")
-    value = int(token[len(_PAGE_PREFIX) :])
+    value = int(digits)
     if value <= 0 or value > 2**63:
         raise InvalidPageTokenError(f"page token {token[:40]!r} is out of range")
     return value
