@@ -33,9 +33,7 @@ SCHEMA_FILES = {
 
 def validator(name: str) -> Draft202012Validator:
     schema = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text("utf-8"))
-    return Draft202012Validator(
-        schema, format_checker=Draft202012Validator.FORMAT_CHECKER
-    )
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def errors(name: str, document: Any) -> list[str]:
@@ -205,9 +203,7 @@ def test_stored_receipt_and_envelope_json_validate() -> None:
         signer_public_key=bytes(range(200, 232)),
     )
     stored = service_pb2.StoredReceipt(receipt=envelope, body=body)
-    assert (
-        errors("signed_envelope", json.loads(json_format.MessageToJson(envelope))) == []
-    )
+    assert errors("signed_envelope", json.loads(json_format.MessageToJson(envelope))) == []
     assert errors("stored_receipt", json.loads(json_format.MessageToJson(stored))) == []
     url_safe = {"payload": "-_-_", "signature": "AAE", "signerPublicKey": ""}
     assert errors("signed_envelope", url_safe) == []

@@ -104,6 +104,7 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
             self.log.event("job_refused", reason=err.reason, detail=str(err))
             await _abort(context, err.reason, str(err))
         except Exception as err:  # noqa: BLE001 - becomes INTERNAL with a reason, and is logged
+            self.log.error("job_failed", error=repr(err))
             await _abort(context, "INTERNAL", f"the node failed to run the job: {err}")
         ex = done.execution
         return service_pb2.SubmitResponse(

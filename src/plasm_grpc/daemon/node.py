@@ -167,11 +167,12 @@ def _bind(server: grpc.aio.Server, address: str) -> int:
 
 
 async def run(config: Config, log: EventLog) -> None:
-    node = await start_node(config, log)
+    # Handlers first: a supervisor may signal as soon as "ready" is logged.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    node = await start_node(config, log)
     await stop.wait()
     log.event("signal", action="shutdown")
     await node.stop()
