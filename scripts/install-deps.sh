@@ -21,7 +21,9 @@ esac
 apt_runtime=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt python3-venv)
 # Debian's protoc 3.21 is the only generator whose PHP output runs on Debian's
 # php-google-protobuf; php-cli runs the generated-code smoke test.
-apt_test=(protobuf-compiler php-cli php-google-protobuf php-curl nodejs npm git)
+apt_test=(protobuf-compiler php-cli php-google-protobuf php-curl jq git)
+# Node.js + npm run buf; any install works (Debian's, or one already on the machine).
+command -v npm >/dev/null 2>&1 || apt_test+=(nodejs npm)
 
 want=("${apt_runtime[@]}")
 [[ $mode == full ]] && want+=("${apt_test[@]}")
@@ -49,7 +51,9 @@ pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check -
 if [[ $mode == full ]]; then
   pip_install -e . -r requirements/dev.txt
   echo "install-deps: npm packages (buf)"
-  npm ci --no-audit --no-fund --loglevel=error >/dev/null
+  # package.json pins buf exactly; `npm ci` trips over buf's per-platform optional
+  # packages missing from the lock file, so install from package.json + lock.
+  npm install --no-audit --no-fund --loglevel=error >/dev/null
 else
   pip_install -e .
 fi
