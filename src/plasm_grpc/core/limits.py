@@ -51,6 +51,8 @@ def resolve_limits(
     A limit above the maximum is an error, never silently lowered: a receipt
     must show the limits the client asked for.
     """
+    if requested == _ALL_DEFAULT:  # the common case, without re-validating five times
+        return _cap(defaults, maximum)
     resolved = requested
     for f in fields(requested):
         value = getattr(requested, f.name)
@@ -62,3 +64,17 @@ def resolve_limits(
                 f"{f.name}={value} is above this node's maximum {getattr(maximum, f.name)}"
             )
     return resolved
+
+
+_ALL_DEFAULT = ResourceLimits()
+
+
+def _cap(defaults: ResourceLimits, maximum: ResourceLimits) -> ResourceLimits:
+    if all(getattr(defaults, f.name) <= getattr(maximum, f.name) for f in fields(defaults)):
+        return defaults
+    return ResourceLimits(
+        **{
+            f.name: min(getattr(defaults, f.name), getattr(maximum, f.name))
+            for f in fields(defaults)
+        }
+    )

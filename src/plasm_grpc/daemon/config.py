@@ -59,7 +59,7 @@ class JobsConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SandboxConfig:
     max_wasm_stack: int = 512 * 1024
-    epoch_tick_ms: float = 5.0
+    epoch_tick_ms: float = 10.0
     max_compiled_bytes: int = 128 * 1024 * 1024
     max_cached_modules: int = 128
 
@@ -70,6 +70,13 @@ class LimitsConfig:
     default: ResourceLimits = DEFAULT_LIMITS
     # A job asking for more than these is refused.
     max: ResourceLimits = MAXIMUM_LIMITS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    # "normal": a receipt is committed before it is acknowledged and survives a
+    # crash or kill -9 of plasmd; "full": also fsync'd, so it survives power loss.
+    sync: str = "normal"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +91,7 @@ class Config:
     jobs: JobsConfig = JobsConfig()
     sandbox: SandboxConfig = SandboxConfig()
     limits: LimitsConfig = LimitsConfig()
+    store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
 
     def effective_slots(self) -> int:
@@ -154,6 +162,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"log.level must be debug, info, warning or error, got {config.log.level!r}"
         )
+    if config.store.sync not in ("normal", "full"):
+        raise ConfigError(f"store.sync must be normal or full, got {config.store.sync!r}")
     if not config.grpc.listen and not config.grpc.unix_socket:
         raise ConfigError("set grpc.listen or grpc.unix_socket (or both)")
     if config.grpc.listen:

@@ -90,7 +90,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
         ),
         load_cache_mac_key(config.data_dir),
     )
-    store = ReceiptStore(config.data_dir / "receipts.sqlite3")
+    store = ReceiptStore(config.data_dir / "receipts.sqlite3", sync=config.store.sync)
     executor = JobExecutor(
         key=key,
         sandbox=Sandbox(engine, cache),

@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from plasm_grpc.core import envelope as envelopes
@@ -201,15 +201,39 @@ class JobExecutor:
             self.log.error("job_failed", error=repr(err))
 
     async def _execute(self, job_id: str, spec: JobSpec, module: bytes | None) -> JobDone:
-        try:
-            loop = asyncio.get_running_loop()
-            done = await loop.run_in_executor(self._pool, self._run_and_sign, job_id, spec, module)
-            # Acknowledge only what is durably stored.
-            await asyncio.wrap_future(
-                self.store.add(
+        # One hop out and one back: a worker thread runs, signs and queues the
+        # receipt; the store's writer thread wakes the loop once it committed.
+        # (run_in_executor + wrap_future would wake the loop twice per job.)
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[JobDone] = loop.create_future()
+
+        def settle(outcome: JobDone | BaseException) -> None:
+            if result.done():
+                return
+            if isinstance(outcome, BaseException):
+                result.set_exception(outcome)
+            else:
+                result.set_result(outcome)
+
+        def work() -> None:
+            try:
+                done = self._run_and_sign(job_id, spec, module)
+                stored = self.store.add(
                     job_id, self._encode_envelope(done.envelope), done.receipt.finished_at_ns
                 )
-            )
+            except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+                loop.call_soon_threadsafe(settle, err)
+                return
+
+            def committed(fut: Future[None]) -> None:
+                err = None if fut.cancelled() else fut.exception()
+                loop.call_soon_threadsafe(settle, err if err is not None else done)
+
+            stored.add_done_callback(committed)
+
+        try:
+            self._pool.submit(work)
+            done = await result
         finally:
             self._admitted -= 1
             if self._admitted == 0:

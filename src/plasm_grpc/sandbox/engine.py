@@ -18,7 +18,7 @@ WASMTIME_VERSION: Final = version("wasmtime")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineSettings:
     max_wasm_stack: int = 512 * 1024
-    epoch_tick_ms: float = 5.0
+    epoch_tick_ms: float = 10.0
     opt_level: str = "speed"
 
 

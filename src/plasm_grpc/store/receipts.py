@@ -1,8 +1,12 @@
 """The receipt store: an embedded SQLite database in the node's data directory.
 
-Durability: WAL journal with ``synchronous=FULL``, and a receipt is
-acknowledged only after the transaction holding it has committed, so a
-``kill -9`` (or power loss) never loses a receipt a client was given.
+Durability: a receipt is acknowledged only after the transaction holding it
+has committed to the WAL journal, so a crash or ``kill -9`` of plasmd never
+loses a receipt a client was given. With ``sync="normal"`` (the default) the
+commit reaches the OS but is not fsync'd: a power loss may lose the last
+receipts (the client still holds its signed copy), and the database is never
+corrupted. ``sync="full"`` fsyncs every commit, surviving power loss too, at
+about 0.3-0.5 ms per commit on the test machines.
 
 Throughput: one writer thread commits whatever is queued in a single
 transaction (group commit), so 64 concurrent jobs cost one fsync, not 64.
@@ -57,21 +61,27 @@ class _Write:
     done: Future[None]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+SYNC_MODES: Final = ("normal", "full")
+
+
+def _connect(path: Path, sync: str) -> sqlite3.Connection:
+    if sync not in SYNC_MODES:
+        raise ValueError(f"sync must be one of {SYNC_MODES}, got {sync!r}")
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={sync.upper()}")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
 
 class ReceiptStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, sync: str = "normal") -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
-        self._writer_conn = _connect(path)
+        self.sync = sync
+        self._writer_conn = _connect(path, sync)
         self._writer_conn.executescript(_SCHEMA)
-        self._reader = _connect(path)
+        self._reader = _connect(path, sync)
         self._reader_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._closed = False
@@ -79,7 +89,10 @@ class ReceiptStore:
         self._thread.start()
 
     def add(self, job_id: str, envelope: bytes, finished_at_ns: int) -> Future[None]:
-        """Queue a receipt; the future resolves once it is durably committed."""
+        """Queue a receipt; the future resolves once it is committed.
+
+        Done-callbacks on the future run on the writer thread.
+        """
         done: Future[None] = Future()
         if self._closed:
             done.set_exception(StoreClosedError("receipt store is closed"))
