@@ -62,6 +62,8 @@ class SandboxConfig:
     epoch_tick_ms: float = 10.0
     max_compiled_bytes: int = 128 * 1024 * 1024
     max_cached_modules: int = 128
+    # Reuse pre-mapped instance/memory slots instead of mapping memory per job.
+    pooling: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,6 +221,8 @@ def to_toml(config: Config) -> str:
             for key, value in scalars:
                 if isinstance(value, str):
                     lines.append(f"{key} = {_toml_string(value)}")
+                elif isinstance(value, bool):
+                    lines.append(f"{key} = {'true' if value else 'false'}")
                 else:
                     lines.append(f"{key} = {value}")
         for key, value in nested:

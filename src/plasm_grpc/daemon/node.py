@@ -78,6 +78,9 @@ async def start_node(config: Config, log: EventLog) -> Node:
         EngineSettings(
             max_wasm_stack=config.sandbox.max_wasm_stack,
             epoch_tick_ms=config.sandbox.epoch_tick_ms,
+            pooling=config.sandbox.pooling,
+            pool_slots=max(16, 2 * config.effective_slots()),
+            max_memory_bytes=config.limits.max.max_memory_bytes,
         )
     )
     cache = ModuleCache(
