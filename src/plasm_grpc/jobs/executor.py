@@ -228,6 +228,8 @@ class JobExecutor:
             def committed(fut: Future[None]) -> None:
                 err = None if fut.cancelled() else fut.exception()
                 loop.call_soon_threadsafe(settle, err if err is not None else done)
+                if err is None:  # logged here, after the answer is on its way
+                    self._log_finished(done)
 
             stored.add_done_callback(committed)
 
@@ -239,11 +241,14 @@ class JobExecutor:
             if self._admitted == 0:
                 self._idle.set()
         self.completed += 1
+        return done
+
+    def _log_finished(self, done: JobDone) -> None:
         ex = done.execution
         self.log.event(
             "job_finished",
-            job_id=job_id,
-            module_sha256=spec.module_sha256,
+            job_id=done.job_id,
+            module_sha256=done.receipt.module_sha256,
             outcome=ex.outcome.label,
             exit_code=ex.exit_code,
             trap_code=ex.trap_code,
@@ -251,7 +256,6 @@ class JobExecutor:
             wall_time_us=ex.wall_time_us,
             stdout_bytes=len(ex.stdout),
         )
-        return done
 
     def _run_and_sign(self, job_id: str, spec: JobSpec, module: bytes | None) -> JobDone:
         with self._running_lock:
