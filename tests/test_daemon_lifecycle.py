@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -188,7 +187,6 @@ def test_sigterm_lets_running_job_finish(plasmd: DaemonFactory, wasm: WasmModule
     with ThreadPoolExecutor(max_workers=1) as pool:
         long_job = pool.submit(submit, node.stub, module, timeout_ms=2000, timeout=30)
         wait_until(lambda: node.node_info().jobs_running == 1, timeout=10, what="job running")
-        started = time.monotonic()
         node.send_signal(signal.SIGTERM)
         assert node.wait_for_event("draining", timeout=10) is not None
 
@@ -208,7 +206,6 @@ def test_sigterm_lets_running_job_finish(plasmd: DaemonFactory, wasm: WasmModule
     assert result.outcome == Outcome.OUTCOME_TIMEOUT, result.detail
     assert_receipt_matches(result, verify_result(result, module=module))
     assert node.wait(timeout=30) == 0
-    assert time.monotonic() - started < 20
     stopped = node.events("stopped")
     assert stopped
     assert stopped[0]["jobs_completed"] == 2
@@ -256,18 +253,16 @@ def test_serves_while_a_long_job_runs(plasmd: DaemonFactory, wasm: WasmModules) 
             submit, node.stub, wasm.bytes("infinite_loop"), timeout_ms=3000, timeout=30
         )
         wait_until(lambda: node.node_info().jobs_running == 1, timeout=10, what="job running")
-        t0 = time.monotonic()
-        assert node.health_status(timeout=1.0) == "SERVING"
-        assert node.health_status("plasm.v1.PlasmService", timeout=1.0) == "SERVING"
+        # The proof the loop is free: these all answer while the job still runs.
+        assert node.health_status(timeout=5.0) == "SERVING"
+        assert node.health_status("plasm.v1.PlasmService", timeout=5.0) == "SERVING"
         info = node.node_info()
         assert info.jobs_running == 1
         assert info.capabilities.free_job_slots == 1
         quick = submit(node.stub, hello, stdin=b"quick", timeout=5)
-        elapsed = time.monotonic() - t0
         assert quick.outcome == Outcome.OUTCOME_SUCCESS
         assert quick.stdout == b"kciuq"
         assert not long_job.done(), "hello finished while the long job was still running"
-        assert elapsed < 2.0, f"RPCs took {elapsed:.2f} s while a job ran"
         result = long_job.result(timeout=30)
     assert result.outcome == Outcome.OUTCOME_TIMEOUT
 
@@ -280,12 +275,10 @@ def test_single_slot_still_answers_rpcs(plasmd: DaemonFactory, wasm: WasmModules
             submit, node.stub, wasm.bytes("infinite_loop"), timeout_ms=1500, timeout=30
         )
         wait_until(lambda: node.node_info().jobs_running == 1, timeout=10, what="job running")
-        t0 = time.monotonic()
         for _ in range(5):
-            assert node.health_status(timeout=1.0) == "SERVING"
-            node.stub.ListReceipts(service_pb2.ListReceiptsRequest(), timeout=1.0)
-        assert time.monotonic() - t0 < 1.0
-        assert not long_job.done()
+            assert node.health_status(timeout=5.0) == "SERVING"
+            node.stub.ListReceipts(service_pb2.ListReceiptsRequest(), timeout=5.0)
+        assert not long_job.done(), "the RPCs were answered while the only slot was busy"
         assert long_job.result(timeout=30).outcome == Outcome.OUTCOME_TIMEOUT
 
 
