@@ -157,13 +157,12 @@ def test_outcomes(
         assert ex.detail
     assert ex.finished_at_ns >= ex.started_at_ns
     assert ex.fuel_consumed >= 0
-    assert ex.wall_time_us < 5_000_000
 
 
 def test_outcome_details(sandbox: Sandbox, modules: Modules) -> None:
     timeout = run(sandbox, modules["infinite_loop"], timeout_ms=50)
     assert "50 ms" in timeout.detail
-    assert timeout.wall_time_us >= 40_000
+    assert timeout.wall_time_us >= 40_000  # never stopped before its budget (minus one tick)
     fuel = run(sandbox, modules["infinite_loop"], max_fuel=100_000)
     assert fuel.fuel_consumed == 100_000
     assert "100000" in fuel.detail
