@@ -662,7 +662,10 @@ def main() -> int:
             "daemon's capacity (see cli/srv CPU columns)."
         )
     print(f"plasmd: {opts.plasmd_cmd}")
-    print(f"data dirs in {tempfile.gettempdir()} ({env['tmp_fs']}; receipts committed there with plasmd's default store.sync)\n")
+    print(
+        f"data dirs in {tempfile.gettempdir()} ({env['tmp_fs']}; "
+        "receipts committed there with plasmd's default store.sync)\n"
+    )
 
     figures: list[Figure] = []
     # 1. the floor
