@@ -562,3 +562,36 @@ def test_partial_limits_default_table_keeps_other_defaults(
     assert body.limits.max_stdout_bytes == 4 * MIB
     assert result.outcome == Outcome.OUTCOME_SUCCESS, result.detail
     assert result.stdout == b"stluafed"
+
+
+def _large_module(functions: int = 30_000) -> bytes:
+    """A valid WASI command whose compile takes a noticeable while (~2 s here)."""
+    import wasmtime
+
+    body = " ".join(
+        f"(local.set 0 (i32.add (i32.mul (local.get 0) (i32.const {j})) (i32.const {j})))"
+        for j in range(40)
+    )
+    funcs = " ".join(
+        f"(func $f{i} (param i32) (result i32) (local i32) {body} (local.get 0))"
+        for i in range(functions)
+    )
+    wat = f'(module (memory (export "memory") 1) {funcs} (func (export "_start")))'
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+def test_serves_while_a_large_module_compiles(plasmd: DaemonFactory, wasm: WasmModules) -> None:
+    big = _large_module()
+    node = plasmd("[jobs]\nslots = 2\n")
+    hello = wasm.bytes("hello")
+    submit(node.stub, hello)  # warm, so only the big module is compiling
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        compiling = pool.submit(submit, node.stub, big, timeout=120)
+        wait_until(lambda: node.node_info().jobs_running == 1, timeout=10, what="compile running")
+        assert node.health_status(timeout=5.0) == "SERVING"
+        quick = submit(node.stub, hello, stdin=b"abc", timeout=5)
+        assert quick.stdout == b"cba"
+        assert not compiling.done(), "answered while the large module was still compiling"
+        result = compiling.result(timeout=120)
+    assert result.outcome == Outcome.OUTCOME_SUCCESS, result.detail
+    assert node.node_info().cached_modules == 2

@@ -262,9 +262,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         die(f"{args.module} does not hash to the manifest's module_sha256", EXIT_USAGE)
 
     client = connect(args)
-    response: service_pb2.SubmitResponse = client.call(
-        "Submit", service_pb2.SubmitRequest(manifest=manifest, module=module)
-    )
+    request = service_pb2.SubmitRequest(manifest=manifest, module=module)
+    if err_console.is_terminal and not args.quiet and not args.json:
+        with err_console.status(
+            f"running {args.module or manifest.module_sha256[:16]} on {args.addr}…"
+        ):
+            response: service_pb2.SubmitResponse = client.call("Submit", request)
+    else:
+        response = client.call("Submit", request)
     result = response.result
     verification = verify_receipt(
         codec.envelope_from_pb(result.receipt),
