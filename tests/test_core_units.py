@@ -354,3 +354,21 @@ def test_to_toml_round_trips_unusual_paths(tmp_path: Path, data_dir: str) -> Non
     """Any path Linux allows must survive --print-config (quotes, backslashes, tabs)."""
     config = dataclasses.replace(load_config(None), data_dir=Path(data_dir))
     assert load_config(write(tmp_path, to_toml(config))) == config
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[limits.max]\nmax_memory_bytes = 1099511627776\n", "limits.max.max_memory_bytes"),
+        ("[sandbox]\nmax_wasm_stack = 0\n", "sandbox.max_wasm_stack"),
+        ("[jobs]\nslots = 100000\n", "jobs.slots"),
+        ("[grpc]\nmax_message_bytes = 4294967296\n", "grpc.max_message_bytes"),
+        ("[limits.max]\ntimeout_ms = 4294967296\n", "limits.max.timeout_ms"),
+        ("[limits.max]\nmax_stdout_bytes = 67108864\n", "max_stdout_bytes"),
+    ],
+)
+def test_out_of_range_settings_are_config_errors(tmp_path: Path, toml: str, key: str) -> None:
+    path = tmp_path / "plasmd.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path)

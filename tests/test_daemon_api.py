@@ -45,6 +45,8 @@ MAX_MESSAGE = 2 * MIB
 MAX_MODULE = 512 * 1024
 MAX_STDIN = 256 * 1024
 MAX_MEMORY = 128 * MIB
+MAX_STDOUT = 512 * 1024
+MAX_STDERR = 256 * 1024
 
 API_CONFIG = f"""
 [grpc]
@@ -56,14 +58,17 @@ max_module_bytes = {MAX_MODULE}
 max_stdin_bytes = {MAX_STDIN}
 max_args = 64
 
-# Every field is given: a partial [limits.max] table zeroes the others (a bug,
-# see test_daemon_lifecycle.py::test_partial_limits_max_table_keeps_other_maxima).
+# stdout + stderr + 1 MiB must fit max_message_bytes (plasmd refuses otherwise).
 [limits.max]
 max_memory_bytes = {MAX_MEMORY}
 max_fuel = {MAXIMUM_LIMITS.max_fuel}
 timeout_ms = {MAXIMUM_LIMITS.timeout_ms}
-max_stdout_bytes = {MAXIMUM_LIMITS.max_stdout_bytes}
-max_stderr_bytes = {MAXIMUM_LIMITS.max_stderr_bytes}
+max_stdout_bytes = {MAX_STDOUT}
+max_stderr_bytes = {MAX_STDERR}
+
+[limits.default]
+max_stdout_bytes = {MAX_STDOUT}
+max_stderr_bytes = {MAX_STDERR}
 """
 
 
@@ -213,8 +218,8 @@ def test_too_many_args(node: Daemon, wasm: WasmModules) -> None:
         ("max_memory_bytes", MAX_MEMORY + 1),
         ("max_fuel", MAXIMUM_LIMITS.max_fuel + 1),
         ("timeout_ms", MAXIMUM_LIMITS.timeout_ms + 1),
-        ("max_stdout_bytes", MAXIMUM_LIMITS.max_stdout_bytes + 1),
-        ("max_stderr_bytes", MAXIMUM_LIMITS.max_stderr_bytes + 1),
+        ("max_stdout_bytes", MAX_STDOUT + 1),
+        ("max_stderr_bytes", MAX_STDERR + 1),
     ],
 )
 def test_limits_above_max(node: Daemon, wasm: WasmModules, field: str, value: int) -> None:
@@ -556,8 +561,8 @@ def test_get_node_info(node: Daemon) -> None:
     assert caps.max_limits.max_memory_bytes == MAX_MEMORY
     assert caps.max_limits.max_fuel == MAXIMUM_LIMITS.max_fuel
     assert caps.max_limits.timeout_ms == MAXIMUM_LIMITS.timeout_ms
-    assert caps.max_limits.max_stdout_bytes == MAXIMUM_LIMITS.max_stdout_bytes
-    assert caps.max_limits.max_stderr_bytes == MAXIMUM_LIMITS.max_stderr_bytes
+    assert caps.max_limits.max_stdout_bytes == MAX_STDOUT
+    assert caps.max_limits.max_stderr_bytes == MAX_STDERR
     # A runtime description that matches what receipts carry.
     ready = node.events("ready")[0]
     assert ready["job_slots"] == 2

@@ -595,3 +595,23 @@ def test_serves_while_a_large_module_compiles(plasmd: DaemonFactory, wasm: WasmM
         result = compiling.result(timeout=120)
     assert result.outcome == Outcome.OUTCOME_SUCCESS, result.detail
     assert node.node_info().cached_modules == 2
+
+
+def test_drain_timeout_cancels_running_jobs_and_keeps_receipts(
+    plasmd: DaemonFactory, wasm: WasmModules
+) -> None:
+    node = plasmd("[jobs]\nslots = 1\ndrain_timeout_s = 1.0\n")
+    module = wasm.bytes("infinite_loop")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        long_job = pool.submit(
+            submit, node.stub, module, timeout_ms=120_000, max_fuel=10**12, timeout=60
+        )
+        wait_until(lambda: node.node_info().jobs_running == 1, timeout=10, what="job running")
+        node.send_signal(signal.SIGTERM)
+        result = long_job.result(timeout=60)
+    assert result.outcome == Outcome.OUTCOME_CANCELLED, result.detail
+    assert_receipt_matches(result, verify_result(result, module=module))
+    assert node.wait(timeout=60) == 0
+    assert node.events("drain_timeout")
+    node.start()
+    assert get_receipt(node, result.job_id).receipt == result.receipt

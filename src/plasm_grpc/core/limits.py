@@ -38,8 +38,8 @@ MAXIMUM_LIMITS = ResourceLimits(
     max_memory_bytes=1024 * MIB,
     max_fuel=1_000_000_000_000,
     timeout_ms=300_000,
-    max_stdout_bytes=64 * MIB,
-    max_stderr_bytes=16 * MIB,
+    max_stdout_bytes=32 * MIB,
+    max_stderr_bytes=8 * MIB,
 )
 
 

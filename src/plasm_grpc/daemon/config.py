@@ -62,6 +62,8 @@ class SandboxConfig:
     epoch_tick_ms: float = 10.0
     max_compiled_bytes: int = 128 * 1024 * 1024
     max_cached_modules: int = 128
+    # Table elements a job may have (host memory not counted in max_memory_bytes).
+    max_table_elements: int = 100_000
     # Reuse pre-mapped instance/memory slots instead of mapping memory per job.
     pooling: bool = True
 
@@ -187,7 +189,34 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             "grpc.max_message_bytes must hold jobs.max_module_bytes + jobs.max_stdin_bytes"
         )
+    # Ranges: the wire types (uint32 timeout_ms), wasm32 (4 GiB memory), and
+    # what the runtime can reserve, so a bad value is a message, not a crash.
+    _check_range(config.limits.max.max_memory_bytes, "limits.max.max_memory_bytes", 65536, 4 * GIB)
+    _check_range(config.limits.max.timeout_ms, "limits.max.timeout_ms", 1, 24 * 3600 * 1000)
+    _check_range(config.limits.max.max_fuel, "limits.max.max_fuel", 1, 2**63 - 1)
+    _check_range(config.sandbox.max_wasm_stack, "sandbox.max_wasm_stack", 64 * 1024, 64 * MIB)
+    _check_range(config.sandbox.epoch_tick_ms, "sandbox.epoch_tick_ms", 1, 1000)
+    _check_range(config.sandbox.max_table_elements, "sandbox.max_table_elements", 1, 10_000_000)
+    _check_range(config.jobs.slots, "jobs.slots", 0, 256)
+    _check_range(config.jobs.queue, "jobs.queue", 0, 100_000)
+    _check_range(config.grpc.max_message_bytes, "grpc.max_message_bytes", MIB, 2**31 - 1)
+    out = config.limits.max.max_stdout_bytes + config.limits.max.max_stderr_bytes
+    if out + MIB > config.grpc.max_message_bytes:
+        raise ConfigError(
+            "grpc.max_message_bytes must hold limits.max.max_stdout_bytes + max_stderr_bytes "
+            f"+ 1 MiB for the receipt ({out + MIB} bytes); the job would run but its answer "
+            "could not be sent"
+        )
     return config
+
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def _check_range(value: float, key: str, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be between {low:g} and {high:g}, got {value:g}")
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

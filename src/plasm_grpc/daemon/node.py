@@ -22,7 +22,7 @@ from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepar
 from plasm_grpc.jobs.executor import InputLimits, JobExecutor
 from plasm_grpc.logs import EventLog
 from plasm_grpc.sandbox.cache import CacheSettings, ModuleCache
-from plasm_grpc.sandbox.engine import EngineSettings, SandboxEngine
+from plasm_grpc.sandbox.engine import EngineError, EngineSettings, SandboxEngine
 from plasm_grpc.sandbox.runner import Sandbox
 from plasm_grpc.store.receipts import ReceiptStore
 
@@ -53,13 +53,18 @@ class Node:
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         drained = await self.executor.drain(self.config.jobs.drain_timeout_s)
         if not drained:
+            # Interrupt the guests still running: they end as CANCELLED, their
+            # receipts are stored and their clients answered before we go.
             self.log.warning(
                 "drain_timeout",
                 jobs_running=self.executor.running,
                 timeout_s=self.config.jobs.drain_timeout_s,
             )
+            self.executor.sandbox.cancel_all()
+            await self.executor.drain(self.config.grpc.shutdown_grace_s + 5)
         await self.server.stop(self.config.grpc.shutdown_grace_s)
-        self.executor.close()
+        # Join the worker threads before the epoch ticker and the store go.
+        await asyncio.to_thread(self.executor.close)
         self.store.close()
         self.engine.close()
         if self.config.grpc.unix_socket:
@@ -74,15 +79,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
     log.event(
         "identity", node_id=key.node_id, created=created, key_file=str(config.data_dir / "node.key")
     )
-    engine = SandboxEngine(
-        EngineSettings(
-            max_wasm_stack=config.sandbox.max_wasm_stack,
-            epoch_tick_ms=config.sandbox.epoch_tick_ms,
-            pooling=config.sandbox.pooling,
-            pool_slots=max(16, 2 * config.effective_slots()),
-            max_memory_bytes=config.limits.max.max_memory_bytes,
-        )
-    )
+    engine = _make_engine(config)
     cache = ModuleCache(
         engine,
         CacheSettings(
@@ -157,6 +154,22 @@ async def start_node(config: Config, log: EventLog) -> Node:
         runtime=f"wasmtime {engine.runtime.version}",
     )
     return Node(config, log, engine, store, executor, server, health_servicer, tuple(addresses))
+
+
+def _make_engine(config: Config) -> SandboxEngine:
+    settings = EngineSettings(
+        max_wasm_stack=config.sandbox.max_wasm_stack,
+        epoch_tick_ms=config.sandbox.epoch_tick_ms,
+        pooling=config.sandbox.pooling,
+        pool_slots=max(16, 2 * config.effective_slots()),
+        max_memory_bytes=config.limits.max.max_memory_bytes,
+        max_timeout_ms=config.limits.max.timeout_ms,
+        max_table_elements=config.sandbox.max_table_elements,
+    )
+    try:
+        return SandboxEngine(settings)
+    except EngineError as err:
+        raise StartupError(str(err)) from err
 
 
 def _bind(server: grpc.aio.Server, address: str) -> int:

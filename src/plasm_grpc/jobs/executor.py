@@ -304,4 +304,5 @@ class JobExecutor:
         return True
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Wait for the worker threads (call after drain)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -27,6 +27,11 @@ class EngineSettings:
     # the largest memory limit a job may ask for.
     pooling: bool = True
     pool_slots: int = 16
+    # Table elements one job may have (each costs 8 bytes of host memory and is
+    # not counted in the linear-memory limit).
+    max_table_elements: int = 100_000
+    # The longest timeout a job may have (limits.max.timeout_ms).
+    max_timeout_ms: int = 300_000
     max_memory_bytes: int = 1024 * 1024 * 1024
 
 
@@ -48,6 +53,10 @@ def _enable_pooling(config: wasmtime.Config, settings: EngineSettings) -> None:
         ffi.wasmtime_pooling_allocation_config_delete(pool)
 
 
+class EngineError(RuntimeError):
+    """The engine could not be created with these settings."""
+
+
 class SandboxEngine:
     """One wasmtime Engine configured for metering, plus the epoch ticker.
 
@@ -67,7 +76,10 @@ class SandboxEngine:
         config.cranelift_opt_level = self.settings.opt_level
         if self.settings.pooling:
             _enable_pooling(config, self.settings)
-        self.engine = wasmtime.Engine(config)
+        try:
+            self.engine = wasmtime.Engine(config)
+        except wasmtime.WasmtimeError as err:
+            raise EngineError(f"cannot configure the wasmtime engine: {err}") from err
         self.linker = make_linker(self.engine)
         self.runtime = RuntimeInfo(
             name="wasmtime",
@@ -81,7 +93,8 @@ class SandboxEngine:
                         f"epoch_tick_ms={self.settings.epoch_tick_ms:g}",
                         f"max_wasm_stack={self.settings.max_wasm_stack}",
                         f"cranelift_opt_level={self.settings.opt_level}",
-                        "wasi=args,env,stdin;no-fs;no-net",
+                        "wasi=args,env,stdin,clocks,random;no-fs;no-net;no-poll",
+                        f"max_table_elements={self.settings.max_table_elements}",
                         "allocator=" + ("pooling" if self.settings.pooling else "on-demand"),
                     )
                 )
@@ -99,6 +112,11 @@ class SandboxEngine:
     def ticks_for(self, timeout_ms: int) -> int:
         # +1: the current tick may be about to end.
         return max(1, math.ceil(timeout_ms / self.settings.epoch_tick_ms)) + 1
+
+    def expire_all_deadlines(self) -> None:
+        """Advance the epoch past any deadline a running job can have."""
+        for _ in range(self.ticks_for(self.settings.max_timeout_ms) + 1):
+            self.engine.increment_epoch()
 
     def _tick(self) -> None:
         interval = self.settings.epoch_tick_ms / 1000

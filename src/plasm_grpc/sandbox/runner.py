@@ -49,6 +49,9 @@ PAGE: Final = 65536
 _WASI_EBADF: Final = 8
 _WASI_EFAULT: Final = 21
 _WASI_EFBIG: Final = 22
+_WASI_EINVAL: Final = 28
+_WASI_ENOTSUP: Final = 58
+_IOV_MAX: Final = 1024  # as Linux: more buffers in one fd_write are EINVAL
 
 _STDOUT: Final = 1
 _STDERR: Final = 2
@@ -116,20 +119,25 @@ def _stop_guest(caller: wasmtime.Caller, state: _JobState, reason: Outcome) -> N
 def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
     try:
         state = _state()
+        if state.stop_reason is not None:
+            return _WASI_EBADF  # the guest exited or hit a cap: nothing more gets out
         if fd == _STDOUT:
             sink, cap, name = state.stdout, state.max_stdout, "stdout"
         elif fd == _STDERR:
             sink, cap, name = state.stderr, state.max_stderr, "stderr"
         else:
             return _WASI_EBADF
+        if not 0 <= iovs_len <= _IOV_MAX:
+            # Bounded, so one host call cannot outlast the job's time and fuel.
+            return _WASI_EINVAL
         memory = caller.get("memory")
         if not isinstance(memory, wasmtime.Memory):
             return _WASI_EFAULT
         size = memory.data_len(caller)
         base = ctypes.addressof(memory.data_ptr(caller).contents)
-        if iovs_len < 0 or iovs < 0 or iovs + 8 * iovs_len > size:
+        if iovs < 0 or iovs + 8 * iovs_len > size:
             return _WASI_EFAULT
-        table = ctypes.string_at(base + iovs, 8 * iovs_len)
+        table = ctypes.string_at(base + iovs, 8 * iovs_len)  # at most 8 KiB
         total = 0
         for i in range(iovs_len):
             ptr, length = struct.unpack_from("<II", table, 8 * i)
@@ -151,6 +159,14 @@ def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritt
         return _WASI_EFAULT
 
 
+def _poll_oneoff(
+    caller: wasmtime.Caller, subscriptions: int, events: int, count: int, nevents: int
+) -> int:
+    # A host call cannot be interrupted by the wall-time limit, so a guest may
+    # not sleep or block: jobs compute, they do not wait.
+    return _WASI_ENOTSUP
+
+
 def _proc_exit(caller: wasmtime.Caller, code: int) -> None:
     state = _state()
     state.exit_code = ctypes.c_int32(code).value  # receipt exit_code is int32
@@ -158,7 +174,7 @@ def _proc_exit(caller: wasmtime.Caller, code: int) -> None:
 
 
 def make_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
-    """WASI preview1 with the sandbox's own fd_write and proc_exit."""
+    """WASI preview1 with the sandbox's own fd_write, proc_exit and poll_oneoff."""
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     linker.allow_shadowing = True
@@ -175,6 +191,13 @@ def make_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
         "proc_exit",
         wasmtime.FuncType([i32], []),
         _proc_exit,
+        access_caller=True,
+    )
+    linker.define_func(
+        WASI_MODULE,
+        "poll_oneoff",
+        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+        _poll_oneoff,
         access_caller=True,
     )
     linker.allow_shadowing = False
@@ -204,11 +227,23 @@ class Sandbox:
     def __init__(self, engine: SandboxEngine, cache: ModuleCache) -> None:
         self.engine = engine
         self.cache = cache
+        self.cancelled = False
+
+    def cancel_all(self) -> None:
+        """Stop every running guest now (shutdown): they end as CANCELLED.
+
+        A Store may only be touched by the thread running it, but the engine's
+        epoch is shared and thread-safe: advancing it past every deadline
+        interrupts all guests at their next loop header or call.
+        """
+        self.cancelled = True
+        self.engine.expire_all_deadlines()
 
     def run(self, spec: JobSpec, module_bytes: bytes | None) -> Execution:
+        compiled = self.cache.get_or_compile(spec.module_sha256, module_bytes)
+        # Wall time covers instantiation and execution, not compiling.
         started_ns = time.time_ns()
         t0 = time.perf_counter_ns()
-        compiled = self.cache.get_or_compile(spec.module_sha256, module_bytes)
         if isinstance(compiled, ModuleFailure):
             return self._finish(
                 spec,
@@ -226,6 +261,16 @@ class Sandbox:
     ) -> Execution:
         limits = spec.limits
         state = _JobState(max_stdout=limits.max_stdout_bytes, max_stderr=limits.max_stderr_bytes)
+        if self.cancelled:  # queued behind a shutdown: never started
+            return self._finish(
+                spec,
+                started_ns,
+                t0,
+                outcome=Outcome.CANCELLED,
+                detail="cancelled: the node is shutting down",
+                state=state,
+                fuel_left=limits.max_fuel,
+            )
         store = wasmtime.Store(self.engine.engine)
         outcome = Outcome.SUCCESS
         trap_code = ""
@@ -234,7 +279,13 @@ class Sandbox:
         fuel_left = limits.max_fuel
         _current.job = state
         try:
-            store.set_limits(memory_size=limits.max_memory_bytes, instances=1, memories=1, tables=4)
+            store.set_limits(
+                memory_size=limits.max_memory_bytes,
+                table_elements=self.engine.settings.max_table_elements,
+                instances=1,
+                memories=1,
+                tables=4,
+            )
             store.set_fuel(limits.max_fuel)
             store.set_epoch_deadline(self.engine.ticks_for(limits.timeout_ms))
             wasi = wasmtime.WasiConfig()
@@ -244,9 +295,12 @@ class Sandbox:
             store.set_wasi(wasi)
             try:
                 instance = compiled.pre.instantiate(store)
-                memory = instance.exports(store).get("memory")
-                start = instance.exports(store)["_start"]
-                assert isinstance(start, wasmtime.Func)
+                # By name, in constant time: `instance.exports(store)` wraps every
+                # export in Python, which a module with 100k exports turns into minutes.
+                memory = _export(store, instance, "memory")
+                start = _export(store, instance, "_start")
+                if not isinstance(start, wasmtime.Func):
+                    raise wasmtime.WasmtimeError("_start is not a function")
                 start(store)
             except wasmtime.Trap as trap:
                 code = trap.trap_code
@@ -254,8 +308,7 @@ class Sandbox:
                 trap_code = code.name.lower() if code else "unknown"
                 detail = _trap_detail(outcome, trap_code, limits)
             except wasmtime.WasmtimeError as err:
-                message = str(err).splitlines()[0]
-                outcome, detail = _classify_error(message)
+                outcome, detail = _classify_error(str(err))
                 if isinstance(err, wasmtime.ExitTrap):
                     outcome = Outcome.SUCCESS if err.code == 0 else Outcome.NONZERO_EXIT
                     state.exit_code = err.code
@@ -267,12 +320,15 @@ class Sandbox:
                 fuel_left = state.fuel_at_stop if state.fuel_at_stop is not None else 0
             else:
                 fuel_left = _fuel_left(store)
-            if outcome in (Outcome.TRAP, Outcome.NONZERO_EXIT) and _memory_at_cap(
-                store, memory, limits.max_memory_bytes
-            ):
+            if outcome is Outcome.TRAP and _memory_at_cap(store, memory, limits.max_memory_bytes):
+                # memory.grow past the cap returns -1 rather than trapping; a guest
+                # that then traps (abort, null dereference) ran out of memory.
                 outcome = Outcome.MEMORY_LIMIT
                 detail = f"linear memory reached its limit of {limits.max_memory_bytes} bytes"
                 trap_code = ""
+            if outcome is Outcome.TIMEOUT and self.cancelled:
+                outcome = Outcome.CANCELLED
+                detail = "cancelled: the node is shutting down"
         finally:
             _current.job = None
             store.close()
@@ -337,12 +393,31 @@ def _memory_at_cap(store: wasmtime.Store, memory: Any, cap: int) -> bool:
 
 def _classify_error(message: str) -> tuple[Outcome, str]:
     """Map a non-trap WasmtimeError during instantiation or start."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    # wasmtime puts the cause last ("Caused by: ..."); the first line is context.
+    detail = lines[-1].removeprefix("0: ").strip() if lines else "unknown error"
     lowered = message.lower()
     if "memory" in lowered and ("limit" in lowered or "exceeds" in lowered):
-        return Outcome.MEMORY_LIMIT, message
+        return Outcome.MEMORY_LIMIT, detail
     if "import" in lowered:
-        return Outcome.UNKNOWN_IMPORT, message
-    return Outcome.TRAP, message
+        return Outcome.UNKNOWN_IMPORT, detail
+    return Outcome.TRAP, detail
+
+
+def _export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> Any:
+    """One export by name (None if absent), without wrapping all of them."""
+    from wasmtime._extern import wrap_extern
+
+    item = ffi.wasmtime_extern_t()
+    encoded = name.encode()
+    found = ffi.wasmtime_instance_export_get(
+        store._context(),  # no public by-name lookup in wasmtime-py 50
+        ctypes.byref(instance._instance),
+        encoded,
+        len(encoded),
+        ctypes.byref(item),
+    )
+    return wrap_extern(item) if found else None
 
 
 __all__ = ["Execution", "JobSpec", "Sandbox", "make_linker"]

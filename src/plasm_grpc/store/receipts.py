@@ -199,6 +199,6 @@ def _decode_token(token: str) -> int:
     if not token.startswith(_PAGE_PREFIX) or not (digits.isascii() and digits.isdigit()):
         raise InvalidPageTokenError(f"page token {token[:40]!r} was not issued by this node")
     value = int(digits)
-    if value <= 0 or value > 2**63:
+    if value <= 0 or value >= 2**63:
         raise InvalidPageTokenError(f"page token {token[:40]!r} is out of range")
     return value
