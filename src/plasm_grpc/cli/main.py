@@ -27,7 +27,9 @@ from plasm.v1 import (
     service_pb2_grpc,
 )
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from plasm_grpc import __version__
 from plasm_grpc.api import codec
@@ -73,6 +75,13 @@ class Client:
 def describe_rpc_error(err: grpc.RpcError, addr: str) -> str:
     code = err.code() if isinstance(err, grpc.Call) else None
     details = err.details() if isinstance(err, grpc.Call) else str(err)
+    reason = ""
+    if isinstance(err, grpc.Call):
+        for key, value in err.trailing_metadata() or ():
+            if key == "plasm-error-reason":
+                reason = str(value)
+    if code == grpc.StatusCode.UNAVAILABLE and reason == "ERROR_REASON_SHUTTING_DOWN":
+        return f"plasmd at {addr} is shutting down and not accepting jobs: {details}"
     if code == grpc.StatusCode.UNAVAILABLE:
         return (
             f"cannot reach plasmd at {addr}: {details}\n"
@@ -81,13 +90,9 @@ def describe_rpc_error(err: grpc.RpcError, addr: str) -> str:
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"plasmd at {addr} did not answer in time (raise --timeout)"
-    reason = ""
-    if isinstance(err, grpc.Call):
-        for key, value in err.trailing_metadata() or ():
-            if key == "plasm-error-reason":
-                reason = f" [{value!s}]"
     name = code.name if code is not None else "ERROR"
-    return f"plasmd refused the request: {name}{reason}: {details}"
+    tag = f" [{reason}]" if reason else ""
+    return f"plasmd refused the request: {name}{tag}: {details}"
 
 
 def connect(args: argparse.Namespace) -> Client:
@@ -192,10 +197,16 @@ def show_verification(result: VerifyResult) -> None:
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     for c in result.checks:
-        table.add_row(c.name, "[green]ok[/]" if c.passed else "[red]FAILED[/]", short(c.detail))
+        # Receipt and server text is data, never markup (a signed "detail" could
+        # otherwise restyle or hide what the verifier shows).
+        table.add_row(
+            Text(c.name), "[green]ok[/]" if c.passed else "[red]FAILED[/]", Text(short(c.detail))
+        )
     err_console.print(table)
     if result.valid:
-        err_console.print(f"[green]receipt verified[/]: signed by node {result.signer_node_id}")
+        err_console.print(
+            f"[green]receipt verified[/]: signed by node {escape(result.signer_node_id)}"
+        )
     else:
         err_console.print("[red]receipt NOT verified[/]")
 
@@ -221,7 +232,7 @@ def show_body(body: receipt_pb2.ReceiptBody, title: str = "receipt") -> None:
         ("finished", body.finished_at.ToJsonString()),
     ]
     for k, v in rows:
-        table.add_row(k, short(v))
+        table.add_row(k, Text(short(v)))
     err_console.print(table)
 
 
@@ -314,7 +325,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 show_body(verification.body)
             show_verification(verification)
             if args.receipt_out:
-                err_console.print(f"receipt written to {args.receipt_out}")
+                err_console.print(f"receipt written to {escape(args.receipt_out)}")
     if not verification.valid:
         return EXIT_UNVERIFIED
     if result.outcome == receipt_pb2.OUTCOME_SUCCESS:
@@ -322,7 +333,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if result.outcome == receipt_pb2.OUTCOME_NONZERO_EXIT:
         return min(max(result.exit_code, 1), 255)
     if not args.json:
-        err_console.print(f"[red]job ended: {outcome}[/] {result.detail}")
+        err_console.print(f"[red]job ended: {outcome}[/] {escape(result.detail)}")
     return EXIT_JOB_FAILED
 
 
@@ -373,21 +384,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
         if args.stdout_file:
             request.stdout = read_file(args.stdout_file, "stdout file")
+        if args.stderr_file:
+            request.stderr = read_file(args.stderr_file, "stderr file")
         if args.module:
             request.module = read_file(args.module, "module")
+        if job_input is not None:
+            request.input.args.extend(job_input.args)
+            request.input.env.extend(manifest_pb2.EnvVar(name=k, value=v) for k, v in job_input.env)
+            request.input.stdin = job_input.stdin
         response: service_pb2.VerifyResponse = client.call("Verify", request)
         if args.json:
             print_json(json_format.MessageToDict(response))
         else:
             for c in response.checks:
                 mark = "[green]ok[/]" if c.passed else "[red]FAILED[/]"
-                err_console.print(f"{mark} {c.name}: {c.detail}")
+                err_console.print(f"{mark} {escape(c.name)}: {escape(c.detail)}")
             err_console.print("[green]valid[/]" if response.valid else "[red]NOT valid[/]")
         return 0 if response.valid else EXIT_UNVERIFIED
     result = verify_receipt(
         codec.envelope_from_pb(env),
         expected_executor_node_id=args.expect_node or None,
         stdout=read_file(args.stdout_file, "stdout file") if args.stdout_file else None,
+        stderr=read_file(args.stderr_file, "stderr file") if args.stderr_file else None,
         module=read_file(args.module, "module") if args.module else None,
         job_input=job_input,
     )
@@ -436,7 +454,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("max memory", f"{caps.max_limits.max_memory_bytes / 2**20:.0f} MiB per job"),
         ("max time", f"{caps.max_limits.timeout_ms / 1000:g} s per job"),
     ):
-        table.add_row(k, v)
+        table.add_row(k, Text(v))
     Console(highlight=False).print(table)
     return 0
 
@@ -456,16 +474,16 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     for stored in response.receipts:
         b = stored.body
         table.add_row(
-            b.job_id,
+            Text(b.job_id),
             b.finished_at.ToJsonString(),
             receipt_pb2.Outcome.Name(b.outcome).removeprefix("OUTCOME_").lower(),
             str(b.exit_code),
             f"{b.wall_time_us / 1000:.2f}",
-            b.module_sha256[:16] + "…",
+            Text(b.module_sha256[:16] + "…"),
         )
     Console(highlight=False).print(table)
     if response.next_page_token:
-        err_console.print(f"more: plasm receipts --page-token {response.next_page_token}")
+        err_console.print(f"more: plasm receipts --page-token {escape(response.next_page_token)}")
     return 0
 
 
@@ -477,7 +495,7 @@ def cmd_receipt(args: argparse.Namespace) -> int:
     env = response.receipt.receipt
     if args.out:
         Path(args.out).write_text(json_format.MessageToJson(env, indent=2) + "\n", "utf-8")
-        err_console.print(f"receipt written to {args.out}")
+        err_console.print(f"receipt written to {escape(args.out)}")
     if args.json:
         print_json({"receipt": envelope_json(env), "body": body_json(response.receipt.body)})
     else:
@@ -564,6 +582,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("receipt", nargs="?", help="receipt file (JSON or binary SignedEnvelope)")
     v.add_argument("--job-id", help="fetch this job's receipt from the node, verify offline")
     v.add_argument("--stdout-file", help="check this file against the receipt's stdout hash")
+    v.add_argument("--stderr-file", help="check this file against the receipt's stderr hash")
     v.add_argument("--module", help="check this module file against the receipt's module hash")
     v.add_argument("--stdin-text", help="input check: the stdin text that was sent")
     v.add_argument(
@@ -608,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except CliError as err:
-        err_console.print(f"[red]plasm:[/] {err}", markup=True, soft_wrap=True)
+        err_console.print(f"[red]plasm:[/] {escape(str(err))}", soft_wrap=True)
         return err.code
     except KeyboardInterrupt:
         return 130
