@@ -313,6 +313,51 @@ def test_unix_socket_only(plasmd: DaemonFactory, wasm: WasmModules) -> None:
     assert result.stdout == b"ba"
 
 
+def test_second_daemon_does_not_steal_a_live_socket(
+    plasmd: DaemonFactory, wasm: WasmModules
+) -> None:
+    first = plasmd(unix_socket=True)
+    sock = first.unix_socket
+    assert sock is not None
+    second = plasmd(unix_socket=sock, start=False)
+    with pytest.raises(DaemonError, match="another process is serving on"):
+        second.start()
+    result = submit(first.stub, wasm.bytes("hello"), stdin=b"still mine")
+    assert result.stdout == b"enim llits"
+    assert sock.exists()
+
+
+def test_stale_socket_is_replaced(plasmd: DaemonFactory, tmp_path: Path) -> None:
+    import socket as socketlib
+
+    sock = tmp_path / "stale.sock"
+    s = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    s.bind(str(sock))
+    s.close()  # a socket file nobody listens on: what a crash leaves
+    node = plasmd(unix_socket=sock)
+    assert f"unix:{sock}" in node.addresses
+
+
+def test_data_dir_writable_by_others_is_refused(plasmd: DaemonFactory, tmp_path: Path) -> None:
+    data = tmp_path / "shared-data"
+    data.mkdir()
+    data.chmod(0o777)
+    node = plasmd(data_dir=data, start=False)
+    with pytest.raises(DaemonError, match="writable by other users"):
+        node.start()
+    assert not (data / "node.key").exists()
+
+
+def test_garbage_uploads_are_not_kept(plasmd: DaemonFactory, wasm: WasmModules) -> None:
+    node = plasmd()
+    garbage = wasm.bytes("garbage")
+    result = submit(node.stub, garbage)
+    assert result.outcome == Outcome.OUTCOME_INVALID_MODULE
+    assert not (node.data_dir / "modules" / f"{wasm.sha256('garbage')}.wasm").exists()
+    submit(node.stub, wasm.bytes("hello"))
+    assert (node.data_dir / "modules" / f"{wasm.sha256('hello')}.wasm").exists()
+
+
 # -- the plasm CLI ---------------------------------------------------------------------------------
 
 

@@ -26,7 +26,8 @@ def _load_or_create_secret(path: Path, size: int) -> bytes:
         # whole or not at all (a crash mid-write leaves no empty key), and if
         # two daemons race, link() lets exactly one win.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp.unlink(missing_ok=True)  # a leftover from a crash; never follow a planted link
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, os.urandom(size))
             os.fsync(fd)
@@ -43,7 +44,9 @@ def _load_or_create_secret(path: Path, size: int) -> bytes:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    info = path.stat()
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        raise IdentityError(f"{path} must be a regular file owned by uid {os.getuid()}")
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise IdentityError(
             f"{path} is readable by other users (mode {stat.S_IMODE(info.st_mode):o}); "
@@ -68,5 +71,16 @@ def load_cache_mac_key(data_dir: Path) -> bytes:
 
 def prepare_data_dir(data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = data_dir.stat()
+    if info.st_uid != os.getuid():
+        raise IdentityError(
+            f"data directory {data_dir} is owned by uid {info.st_uid}, not by this user "
+            f"({os.getuid()}); someone else could replace the node key there"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise IdentityError(
+            f"data directory {data_dir} is writable by other users (mode "
+            f"{stat.S_IMODE(info.st_mode):o}); run: chmod go-w {data_dir}"
+        )
     if not os.access(data_dir, os.W_OK):
         raise IdentityError(f"data directory {data_dir} is not writable")

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ class Node:
     server: grpc.aio.Server
     health: health.HealthServicer
     addresses: tuple[str, ...]
+    socket_inode: int | None
 
     async def stop(self) -> None:
         """Drain: refuse new jobs, finish admitted ones, then close everything."""
@@ -68,8 +71,10 @@ class Node:
         self.store.close()
         self.engine.close()
         if self.config.grpc.unix_socket:
+            sock = Path(self.config.grpc.unix_socket)
             with contextlib.suppress(FileNotFoundError):
-                Path(self.config.grpc.unix_socket).unlink()
+                if sock.lstat().st_ino == self.socket_inode:  # ours, not a successor's
+                    sock.unlink()
         self.log.event("stopped", jobs_completed=self.executor.completed)
 
 
@@ -124,12 +129,17 @@ async def start_node(config: Config, log: EventLog) -> Node:
         host, port = parse_host_port(config.grpc.listen)
         bound = _bind(server, f"{config.grpc.listen}")
         addresses.append(f"{host}:{bound}" if port == 0 else config.grpc.listen)
+    old_umask = None
     if config.grpc.unix_socket:
         sock = Path(config.grpc.unix_socket)
-        sock.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()  # a stale socket from a crashed run
-        _bind(server, f"unix:{sock}")
+        _claim_socket_path(sock)
+        # Created 0660 from the start (owner and group: local clients), no window.
+        old_umask = os.umask(0o117)
+        try:
+            _bind(server, f"unix:{sock}")
+        except BaseException:
+            os.umask(old_umask)
+            raise
         addresses.append(f"unix:{sock}")
     servicer = PlasmServicer(
         executor, NodeFacts(grpc_addresses=tuple(addresses), started_at_ns=time.time_ns()), log
@@ -140,9 +150,15 @@ async def start_node(config: Config, log: EventLog) -> Node:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    await server.start()
+    try:
+        await server.start()
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
+    socket_inode = None
     if config.grpc.unix_socket:
-        os.chmod(config.grpc.unix_socket, 0o660)  # owner and group: local clients
+        os.chmod(config.grpc.unix_socket, 0o660)
+        socket_inode = os.lstat(config.grpc.unix_socket).st_ino
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.event(
@@ -153,7 +169,41 @@ async def start_node(config: Config, log: EventLog) -> Node:
         job_slots=executor.slots,
         runtime=f"wasmtime {engine.runtime.version}",
     )
-    return Node(config, log, engine, store, executor, server, health_servicer, tuple(addresses))
+    return Node(
+        config,
+        log,
+        engine,
+        store,
+        executor,
+        server,
+        health_servicer,
+        tuple(addresses),
+        socket_inode,
+    )
+
+
+def _claim_socket_path(sock: Path) -> None:
+    """Make way for our socket, but never take over a live daemon's."""
+    sock.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    try:
+        info = sock.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise StartupError(
+            f"{sock} exists and is not a socket; remove it or set another grpc.unix_socket"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(sock))
+    except (ConnectionRefusedError, FileNotFoundError):
+        sock.unlink(missing_ok=True)  # left behind by a crashed run
+        return
+    finally:
+        probe.close()
+    raise StartupError(
+        f"another process is serving on {sock}; stop it or set another grpc.unix_socket"
+    )
 
 
 def _make_engine(config: Config) -> SandboxEngine:

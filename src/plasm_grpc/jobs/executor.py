@@ -23,11 +23,14 @@ from plasm_grpc.core.ids import new_job_id, sha256_hex
 from plasm_grpc.core.input_hash import input_sha256
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.limits import ResourceLimits, resolve_limits
+from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.core.receipt import Receipt
 from plasm_grpc.logs import EventLog
 from plasm_grpc.sandbox.cache import ModuleUnavailableError
 from plasm_grpc.sandbox.runner import Execution, JobSpec, Sandbox
 from plasm_grpc.store.receipts import ReceiptStore
+
+_UNRUNNABLE = frozenset({Outcome.INVALID_MODULE, Outcome.UNKNOWN_IMPORT, Outcome.COMPILE_LIMIT})
 
 
 class AdmissionError(PlasmError):
@@ -261,12 +264,14 @@ class JobExecutor:
         with self._running_lock:
             self.running += 1
         try:
-            if module is not None:
-                self.sandbox.cache.put_module(spec.module_sha256, module)
             try:
                 ex = self.sandbox.run(spec, module)
             except ModuleUnavailableError as err:  # evicted between admission and run
                 raise AdmissionError("MODULE_NOT_FOUND", str(err)) from err
+            if module is not None and ex.outcome not in _UNRUNNABLE:
+                # Keep the bytes for submit-by-hash only once they compiled:
+                # garbage uploads must not fill the disk.
+                self.sandbox.cache.put_module(spec.module_sha256, module)
         finally:
             with self._running_lock:
                 self.running -= 1
