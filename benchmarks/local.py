@@ -479,6 +479,8 @@ def start_plasmd(workdir: Path, base_cmd: list[str]) -> Daemon:
         str(data_dir),
         "--listen",
         "127.0.0.1:0",
+        "--overlay-listen",
+        "127.0.0.1:0",
     ]
     t0 = time.perf_counter()
     with log_path.open("wb") as log_w:

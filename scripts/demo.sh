@@ -10,7 +10,7 @@ scripts/build-examples.sh >/dev/null
 
 work=$(mktemp -d -t plasm-demo.XXXXXX)
 log="$work/plasmd.log"
-plasmd --data-dir "$work/node" --listen 127.0.0.1:0 2>"$log" &
+plasmd --data-dir "$work/node" --listen 127.0.0.1:0 --overlay-listen 127.0.0.1:0 2>"$log" &
 pid=$!
 cleanup() { kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; }
 trap cleanup EXIT

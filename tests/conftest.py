@@ -146,6 +146,7 @@ class Daemon:
         self.config_path = config_path
         self.unix_socket = unix_socket
         self.listen = listen
+        self.overlay_listen = "127.0.0.1:0"
         self.env = env
         self.extra_args = tuple(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -173,6 +174,8 @@ class Daemon:
             str(self.data_dir),
             "--listen",
             self.listen,
+            "--overlay-listen",
+            self.overlay_listen,
         ]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]

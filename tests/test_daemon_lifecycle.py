@@ -660,3 +660,41 @@ def test_drain_timeout_cancels_running_jobs_and_keeps_receipts(
     assert node.events("drain_timeout")
     node.start()
     assert get_receipt(node, result.job_id).receipt == result.receipt
+
+
+def test_bootstrap_peers_connect_and_show_in_node_info_and_cli(plasmd: DaemonFactory) -> None:
+    a = plasmd()
+    a_overlay = a.node_info().overlay_address
+    assert a_overlay.startswith("127.0.0.1:")
+    b = plasmd(f'[overlay]\nbootstrap = ["{a.node_id}@{a_overlay}"]\nreconnect_interval_s = 0.5\n')
+    wait_until(
+        lambda: [p.node_id for p in b.node_info().peers] == [a.node_id],
+        timeout=20,
+        what="B connected to its bootstrap peer A",
+    )
+    wait_until(
+        lambda: [p.node_id for p in a.node_info().peers] == [b.node_id],
+        timeout=20,
+        what="A sees B",
+    )
+    (peer,) = b.node_info().peers
+    assert peer.direction == "outbound"
+    assert peer.address == a_overlay
+    assert a.events("overlay_connected")
+    assert b.events("overlay_connected")
+    proc = run_cli("--addr", b.addr, "peers", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["peers"][0]["nodeId"] == a.node_id
+
+
+def test_bootstrap_peer_with_a_different_identity_is_refused(plasmd: DaemonFactory) -> None:
+    a = plasmd()
+    wrong = "ab" * 32
+    b = plasmd(
+        f'[overlay]\nbootstrap = ["{wrong}@{a.node_info().overlay_address}"]\n'
+        "reconnect_interval_s = 0.5\n"
+    )
+    event = b.wait_for_event("overlay_handshake_failed", timeout=20)
+    assert event is not None
+    assert wrong in json.dumps(event)
+    assert b.node_info().peers == []

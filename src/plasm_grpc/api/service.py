@@ -10,6 +10,7 @@ import contextlib
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -65,9 +66,26 @@ async def _abort(context: Ctx, reason: str, message: str) -> NoReturn:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PeerView:
+    """An open overlay connection, as GetNodeInfo reports it."""
+
+    node_id: str
+    address: str
+    direction: str
+    rtt_us: int
+
+
+def _no_peers() -> Sequence[PeerView]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeFacts:
     grpc_addresses: tuple[str, ...]
     started_at_ns: int
+    overlay_address: str = ""
+    # Called per GetNodeInfo; the daemon wires it to the overlay endpoint.
+    peers: Callable[[], Sequence[PeerView]] = _no_peers
 
 
 class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
@@ -226,6 +244,13 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
             jobs_completed=ex.completed,
             receipts_stored=ex.store.count(),
             cached_modules=ex.sandbox.cache.cached_count(),
+            overlay_address=self.facts.overlay_address,
+            peers=[
+                service_pb2.PeerConnection(
+                    node_id=p.node_id, address=p.address, direction=p.direction, rtt_us=p.rtt_us
+                )
+                for p in self.facts.peers()
+            ],
         )
 
     async def GetReceipt(  # noqa: N802

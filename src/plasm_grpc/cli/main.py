@@ -449,6 +449,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{info.jobs_running} running, {info.jobs_queued} queued, "
             f"{info.jobs_completed} completed since start",
         ),
+        ("overlay", info.overlay_address or "off"),
+        ("peers", str(len(info.peers))),
         ("receipts stored", str(info.receipts_stored)),
         ("modules cached", str(info.cached_modules)),
         ("max memory", f"{caps.max_limits.max_memory_bytes / 2**20:.0f} MiB per job"),
@@ -456,6 +458,32 @@ def cmd_info(args: argparse.Namespace) -> int:
     ):
         table.add_row(k, Text(v))
     Console(highlight=False).print(table)
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    client = connect(args)
+    info: service_pb2.GetNodeInfoResponse = client.call(
+        "GetNodeInfo", service_pb2.GetNodeInfoRequest()
+    )
+    if args.json:
+        print_json(
+            {
+                "overlayAddress": info.overlay_address,
+                "peers": [json_format.MessageToDict(p) for p in info.peers],
+            }
+        )
+        return 0
+    title = f"overlay peers of {info.node_id[:16]}… ({info.overlay_address or 'overlay off'})"
+    table = Table(title=title, title_justify="left")
+    for col in ("node id", "address", "direction", "rtt ms"):
+        table.add_column(col)
+    for p in info.peers:
+        rtt = f"{p.rtt_us / 1000:.2f}" if p.rtt_us else "-"
+        table.add_row(Text(p.node_id), Text(p.address), Text(p.direction), rtt)
+    Console(highlight=False).print(table)
+    if not info.peers:
+        err_console.print("no open overlay connections (add overlay.bootstrap peers)")
     return 0
 
 
@@ -607,6 +635,10 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="node id, capabilities and state")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+
+    pe = sub.add_parser("peers", help="open overlay connections: node id, address, rtt")
+    pe.add_argument("--json", action="store_true")
+    pe.set_defaults(func=cmd_peers)
 
     r = sub.add_parser("receipts", help="list stored receipts, newest first")
     r.add_argument("--limit", type=_nonneg, default=20, help="receipts per page (max 1000)")

@@ -76,6 +76,22 @@ class LimitsConfig:
     max: ResourceLimits = MAXIMUM_LIMITS
 
 
+DEFAULT_OVERLAY_LISTEN = "127.0.0.1:7946"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OverlayConfig:
+    # UDP host:port for node-to-node QUIC; "" turns the overlay off.
+    listen: str = DEFAULT_OVERLAY_LISTEN
+    # Peers to connect to at start, as "NODE_ID@host:port" (the node id is the
+    # identity the peer must prove; a different one is refused).
+    bootstrap: tuple[str, ...] = ()
+    # Seconds between reconnect attempts to a bootstrap peer that is not connected.
+    reconnect_interval_s: float = 10.0
+    max_connections: int = 256
+    max_connections_per_ip: int = 16
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreConfig:
     # "normal": a receipt is committed before it is acknowledged and survives a
@@ -96,6 +112,7 @@ class Config:
     sandbox: SandboxConfig = SandboxConfig()
     limits: LimitsConfig = LimitsConfig()
     store: StoreConfig = StoreConfig()
+    overlay: OverlayConfig = OverlayConfig()
     log: LogConfig = LogConfig()
 
     def effective_slots(self) -> int:
@@ -119,6 +136,10 @@ def _build(base: Any, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{path} must be a non-empty path string")
             kwargs[key] = Path(value).expanduser()
+        elif isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path} must be a list of strings, got {value!r}")
+            kwargs[key] = tuple(value)
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{path} must be true or false, got {value!r}")
@@ -189,6 +210,15 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             "grpc.max_message_bytes must hold jobs.max_module_bytes + jobs.max_stdin_bytes"
         )
+    if config.overlay.listen:
+        parse_host_port(config.overlay.listen, "overlay.listen")
+    for entry in config.overlay.bootstrap:
+        parse_bootstrap(entry)
+    _check_range(config.overlay.reconnect_interval_s, "overlay.reconnect_interval_s", 0.1, 3600)
+    _check_range(config.overlay.max_connections, "overlay.max_connections", 1, 100_000)
+    _check_range(
+        config.overlay.max_connections_per_ip, "overlay.max_connections_per_ip", 1, 100_000
+    )
     # Ranges: the wire types (uint32 timeout_ms), wasm32 (4 GiB memory), and
     # what the runtime can reserve, so a bad value is a message, not a crash.
     _check_range(config.limits.max.max_memory_bytes, "limits.max.max_memory_bytes", 65536, 4 * GIB)
@@ -219,11 +249,24 @@ def _check_range(value: float, key: str, low: float, high: float) -> None:
         raise ConfigError(f"{key} must be between {low:g} and {high:g}, got {value:g}")
 
 
-def parse_host_port(value: str) -> tuple[str, int]:
+def parse_host_port(value: str, key: str = "grpc.listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"grpc.listen must be host:port, got {value!r}")
+        raise ConfigError(f"{key} must be host:port, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def parse_bootstrap(entry: str) -> tuple[str, str, int]:
+    """ "NODE_ID@host:port" -> (node id, host, port)."""
+    node_id, sep, address = entry.partition("@")
+    if not sep or len(node_id) != 64 or any(c not in "0123456789abcdef" for c in node_id):
+        raise ConfigError(
+            f"overlay.bootstrap entries are NODE_ID@host:port with a 64-hex node id, got {entry!r}"
+        )
+    host, port = parse_host_port(address, "overlay.bootstrap")
+    if port == 0:
+        raise ConfigError(f"overlay.bootstrap needs a real port, got {entry!r}")
+    return node_id, host, port
 
 
 def _toml_string(value: str) -> str:
@@ -250,6 +293,8 @@ def to_toml(config: Config) -> str:
             for key, value in scalars:
                 if isinstance(value, str):
                     lines.append(f"{key} = {_toml_string(value)}")
+                elif isinstance(value, tuple):
+                    lines.append(f"{key} = [{', '.join(_toml_string(v) for v in value)}]")
                 elif isinstance(value, bool):
                     lines.append(f"{key} = {'true' if value else 'false'}")
                 else:

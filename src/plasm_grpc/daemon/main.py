@@ -18,7 +18,8 @@ DESCRIPTION = """\
 Run a Plasm node: execute WebAssembly (WASI preview1) jobs in a wasmtime
 sandbox and return each result with an Ed25519-signed receipt.
 
-With no configuration, plasmd serves gRPC on 127.0.0.1:50151, keeps its key,
+With no configuration, plasmd serves gRPC on 127.0.0.1:50151 and the
+node-to-node overlay (QUIC + Noise) on udp 127.0.0.1:7946, keeps its key,
 module cache and receipts under ~/.local/share/plasm, and runs jobs locally.
 Logs are JSON, one event per line, on stderr. SIGTERM or Ctrl-C drains
 running jobs, then exits.
@@ -28,7 +29,7 @@ EPILOG = """\
 examples:
   plasmd                                  # a working single node on loopback
   plasmd --config /etc/plasm/plasmd.toml
-  plasmd --listen 127.0.0.1:0 --data-dir /tmp/node1   # any free port
+  plasmd --listen 127.0.0.1:0 --overlay-listen 127.0.0.1:0 --data-dir /tmp/node1
   plasmd --print-config > plasmd.toml     # every setting with its default
 
 environment:
@@ -49,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="state directory (overrides data_dir)")
     p.add_argument("--listen", help="gRPC host:port; '' disables TCP (overrides grpc.listen)")
     p.add_argument("--unix-socket", help="also serve gRPC on this Unix socket path")
+    p.add_argument(
+        "--overlay-listen",
+        help="overlay UDP host:port; '' turns the overlay off (overrides overlay.listen)",
+    )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument(
         "--print-config",
@@ -74,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.unix_socket is not None:
             grpc_cfg = dataclasses.replace(grpc_cfg, unix_socket=args.unix_socket)
         config = dataclasses.replace(config, grpc=grpc_cfg)
+        if args.overlay_listen is not None:
+            config = dataclasses.replace(
+                config, overlay=dataclasses.replace(config.overlay, listen=args.overlay_listen)
+            )
         if args.log_level:
             config = dataclasses.replace(
                 config, log=dataclasses.replace(config.log, level=args.log_level)

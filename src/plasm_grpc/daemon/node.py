@@ -18,11 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from plasm.v1 import service_pb2, service_pb2_grpc
 
 from plasm_grpc.api import codec
-from plasm_grpc.api.service import NodeFacts, PlasmServicer
-from plasm_grpc.daemon.config import Config, parse_host_port
+from plasm_grpc.api.service import NodeFacts, PeerView, PlasmServicer
+from plasm_grpc.core.keys import NodeKey
+from plasm_grpc.daemon.config import Config, parse_bootstrap, parse_host_port
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
 from plasm_grpc.jobs.executor import InputLimits, JobExecutor
 from plasm_grpc.logs import EventLog
+from plasm_grpc.net import OverlayEndpoint, OverlaySettings
 from plasm_grpc.sandbox.cache import CacheSettings, ModuleCache
 from plasm_grpc.sandbox.engine import EngineError, EngineSettings, SandboxEngine
 from plasm_grpc.sandbox.runner import Sandbox
@@ -46,6 +48,8 @@ class Node:
     health: health.HealthServicer
     addresses: tuple[str, ...]
     socket_inode: int | None
+    overlay: OverlayEndpoint | None
+    bootstrap_tasks: list[asyncio.Task[None]]
 
     async def stop(self) -> None:
         """Drain: refuse new jobs, finish admitted ones, then close everything."""
@@ -65,6 +69,10 @@ class Node:
             )
             self.executor.sandbox.cancel_all()
             await self.executor.drain(self.config.grpc.shutdown_grace_s + 5)
+        for task in self.bootstrap_tasks:
+            task.cancel()
+        if self.overlay is not None:
+            await self.overlay.close()
         await self.server.stop(self.config.grpc.shutdown_grace_s)
         # Join the worker threads before the epoch ticker and the store go.
         await asyncio.to_thread(self.executor.close)
@@ -141,8 +149,16 @@ async def start_node(config: Config, log: EventLog) -> Node:
             os.umask(old_umask)
             raise
         addresses.append(f"unix:{sock}")
+    overlay = await _start_overlay(config, key, log)
     servicer = PlasmServicer(
-        executor, NodeFacts(grpc_addresses=tuple(addresses), started_at_ns=time.time_ns()), log
+        executor,
+        NodeFacts(
+            grpc_addresses=tuple(addresses),
+            started_at_ns=time.time_ns(),
+            overlay_address=f"{overlay.host}:{overlay.port}" if overlay else "",
+            peers=(lambda: _peer_views(overlay)) if overlay else (lambda: ()),
+        ),
+        log,
     )
     service_pb2_grpc.add_PlasmServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
@@ -163,6 +179,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.event(
         "ready",
+        overlay=f"{overlay.host}:{overlay.port}" if overlay else "",
         node_id=key.node_id,
         grpc=addresses,
         data_dir=str(config.data_dir),
@@ -179,7 +196,63 @@ async def start_node(config: Config, log: EventLog) -> Node:
         health_servicer,
         tuple(addresses),
         socket_inode,
+        overlay,
+        [
+            asyncio.create_task(_keep_connected(overlay, entry, config, log))
+            for entry in config.overlay.bootstrap
+        ]
+        if overlay
+        else [],
     )
+
+
+async def _start_overlay(config: Config, key: NodeKey, log: EventLog) -> OverlayEndpoint | None:
+    if not config.overlay.listen:
+        return None
+    host, port = parse_host_port(config.overlay.listen, "overlay.listen")
+    endpoint = OverlayEndpoint(
+        key,
+        host=host,
+        port=port,
+        settings=OverlaySettings(
+            max_connections=config.overlay.max_connections,
+            max_connections_per_ip=config.overlay.max_connections_per_ip,
+        ),
+        events=log,
+    )
+    try:
+        await endpoint.start()
+    except OSError as err:
+        raise StartupError(
+            f"cannot bind the overlay on udp {config.overlay.listen}: {err}"
+        ) from err
+    return endpoint
+
+
+async def _keep_connected(
+    overlay: OverlayEndpoint, entry: str, config: Config, log: EventLog
+) -> None:
+    """Dial a bootstrap peer, and again whenever it is not connected."""
+    node_id, host, port = parse_bootstrap(entry)
+    while True:
+        if overlay.connection_to(node_id) is None:
+            try:
+                await overlay.connect(host, port, node_id)
+            except Exception as err:  # noqa: BLE001 - logged; retried after the interval
+                log.warning("bootstrap_failed", peer=entry, error=str(err))
+        await asyncio.sleep(config.overlay.reconnect_interval_s)
+
+
+def _peer_views(overlay: OverlayEndpoint) -> list[PeerView]:
+    return [
+        PeerView(
+            node_id=p.node_id,
+            address=f"{p.host}:{p.port}",
+            direction=p.direction,
+            rtt_us=int((p.rtt or 0) * 1_000_000),
+        )
+        for p in overlay.connections()
+    ]
 
 
 def _claim_socket_path(sock: Path) -> None:

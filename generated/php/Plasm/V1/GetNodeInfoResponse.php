@@ -67,6 +67,18 @@ class GetNodeInfoResponse extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>uint32 cached_modules = 11;</code>
      */
     protected $cached_modules = 0;
+    /**
+     * The overlay's UDP address (host:port); empty when the overlay is off.
+     *
+     * Generated from protobuf field <code>string overlay_address = 12;</code>
+     */
+    protected $overlay_address = '';
+    /**
+     * Open overlay connections, one per peer.
+     *
+     * Generated from protobuf field <code>repeated .plasm.v1.PeerConnection peers = 13;</code>
+     */
+    private $peers;
 
     /**
      * Constructor.
@@ -90,6 +102,10 @@ class GetNodeInfoResponse extends \Google\Protobuf\Internal\Message
      *     @type int|string $receipts_stored
      *     @type int $cached_modules
      *           Modules compiled and cached by this node.
+     *     @type string $overlay_address
+     *           The overlay's UDP address (host:port); empty when the overlay is off.
+     *     @type array<\Plasm\V1\PeerConnection>|\Google\Protobuf\Internal\RepeatedField $peers
+     *           Open overlay connections, one per peer.
      * }
      */
     public function __construct($data = NULL) {
@@ -375,6 +391,58 @@ class GetNodeInfoResponse extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkUint32($var);
         $this->cached_modules = $var;
+
+        return $this;
+    }
+
+    /**
+     * The overlay's UDP address (host:port); empty when the overlay is off.
+     *
+     * Generated from protobuf field <code>string overlay_address = 12;</code>
+     * @return string
+     */
+    public function getOverlayAddress()
+    {
+        return $this->overlay_address;
+    }
+
+    /**
+     * The overlay's UDP address (host:port); empty when the overlay is off.
+     *
+     * Generated from protobuf field <code>string overlay_address = 12;</code>
+     * @param string $var
+     * @return $this
+     */
+    public function setOverlayAddress($var)
+    {
+        GPBUtil::checkString($var, True);
+        $this->overlay_address = $var;
+
+        return $this;
+    }
+
+    /**
+     * Open overlay connections, one per peer.
+     *
+     * Generated from protobuf field <code>repeated .plasm.v1.PeerConnection peers = 13;</code>
+     * @return \Google\Protobuf\Internal\RepeatedField
+     */
+    public function getPeers()
+    {
+        return $this->peers;
+    }
+
+    /**
+     * Open overlay connections, one per peer.
+     *
+     * Generated from protobuf field <code>repeated .plasm.v1.PeerConnection peers = 13;</code>
+     * @param array<\Plasm\V1\PeerConnection>|\Google\Protobuf\Internal\RepeatedField $var
+     * @return $this
+     */
+    public function setPeers($var)
+    {
+        $arr = GPBUtil::checkRepeatedField($var, \Google\Protobuf\Internal\GPBType::MESSAGE, \Plasm\V1\PeerConnection::class);
+        $this->peers = $arr;
 
         return $this;
     }

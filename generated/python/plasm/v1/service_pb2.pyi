@@ -218,6 +218,8 @@ class GetNodeInfoResponse(_message.Message):
     JOBS_COMPLETED_FIELD_NUMBER: _builtins.int
     RECEIPTS_STORED_FIELD_NUMBER: _builtins.int
     CACHED_MODULES_FIELD_NUMBER: _builtins.int
+    OVERLAY_ADDRESS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """64 lowercase hex."""
     public_key: _builtins.bytes
@@ -230,6 +232,8 @@ class GetNodeInfoResponse(_message.Message):
     receipts_stored: _builtins.int
     cached_modules: _builtins.int
     """Modules compiled and cached by this node."""
+    overlay_address: _builtins.str
+    """The overlay's UDP address (host:port); empty when the overlay is off."""
     @_builtins.property
     def capabilities(self) -> _capability_pb2.Capabilities: ...
     @_builtins.property
@@ -238,6 +242,10 @@ class GetNodeInfoResponse(_message.Message):
 
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerConnection]:
+        """Open overlay connections, one per peer."""
+
     def __init__(
         self,
         *,
@@ -252,14 +260,50 @@ class GetNodeInfoResponse(_message.Message):
         jobs_completed: _builtins.int = ...,
         receipts_stored: _builtins.int = ...,
         cached_modules: _builtins.int = ...,
+        overlay_address: _builtins.str = ...,
+        peers: _abc.Iterable[Global___PeerConnection] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_modules", b"cached_modules", "capabilities", b"capabilities", "grpc_addresses", b"grpc_addresses", "jobs_completed", b"jobs_completed", "jobs_queued", b"jobs_queued", "jobs_running", b"jobs_running", "node_id", b"node_id", "public_key", b"public_key", "receipts_stored", b"receipts_stored", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_modules", b"cached_modules", "capabilities", b"capabilities", "grpc_addresses", b"grpc_addresses", "jobs_completed", b"jobs_completed", "jobs_queued", b"jobs_queued", "jobs_running", b"jobs_running", "node_id", b"node_id", "overlay_address", b"overlay_address", "peers", b"peers", "public_key", b"public_key", "receipts_stored", b"receipts_stored", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetNodeInfoResponse: _TypeAlias = GetNodeInfoResponse  # noqa: Y015
+
+@_typing.final
+class PeerConnection(_message.Message):
+    """One open overlay connection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    RTT_US_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The peer's node id, proven by its Noise identity handshake (64 hex)."""
+    address: _builtins.str
+    """The peer's UDP address, host:port."""
+    direction: _builtins.str
+    """"inbound" or "outbound"."""
+    rtt_us: _builtins.int
+    """Smoothed round-trip time in microseconds; 0 when not yet measured."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        direction: _builtins.str = ...,
+        rtt_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "direction", b"direction", "node_id", b"node_id", "rtt_us", b"rtt_us"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerConnection: _TypeAlias = PeerConnection  # noqa: Y015
 
 @_typing.final
 class GetReceiptRequest(_message.Message):
