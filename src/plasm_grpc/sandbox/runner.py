@@ -8,7 +8,7 @@ Limits and how each is enforced:
 
 * linear memory: `Store.set_limits(memory_size=...)`; `memory.grow` past it
   returns -1, and a job that then fails with memory at the cap ends as
-  MEMORY_LIMIT.
+  MEMORY_LIMIT (a trap only: a guest that exits on purpose keeps its code).
 * fuel: `Config.consume_fuel`; running out traps as OUT_OF_FUEL.
 * wall time: `Config.epoch_interruption` plus one ticker thread per engine;
   the deadline traps as TIMEOUT.
@@ -18,6 +18,10 @@ Limits and how each is enforced:
   on another thread.
 * stack: `Config.max_wasm_stack`; overflow is a TRAP with code stack_overflow.
 * module size and compiled size: checked in `ModuleCache`.
+* tables: `Store.set_limits(table_elements=...)`.
+* host calls: `fd_write` takes at most 1024 buffers; `poll_oneoff` (sleep)
+  returns ENOTSUP, because no time limit can interrupt a blocked host call;
+  exports are looked up by name, never all wrapped.
 
 Host functions never raise: wasmtime-py keeps the last Python exception raised
 in a host function in a module global, which is not safe with several jobs
