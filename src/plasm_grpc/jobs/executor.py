@@ -30,6 +30,7 @@ from plasm_grpc.sandbox.cache import ModuleUnavailableError
 from plasm_grpc.sandbox.runner import Execution, JobSpec, Sandbox
 from plasm_grpc.store.receipts import ReceiptStore
 
+_HASH_INLINE_BYTES = 256 * 1024
 _UNRUNNABLE = frozenset({Outcome.INVALID_MODULE, Outcome.UNKNOWN_IMPORT, Outcome.COMPILE_LIMIT})
 
 
@@ -117,7 +118,7 @@ class JobExecutor:
     def free_slots(self) -> int:
         return max(0, self.slots - self.running)
 
-    def _check_input(self, req: JobRequest) -> tuple[str, ResourceLimits]:
+    def _check_input(self, req: JobRequest, module_sha: str) -> tuple[str, ResourceLimits]:
         lim = self.input_limits
         if len(req.module) > lim.max_module_bytes:
             raise AdmissionError(
@@ -155,7 +156,7 @@ class JobExecutor:
         except PlasmError as err:
             raise AdmissionError("LIMITS_TOO_HIGH", str(err)) from err
         if req.module:
-            sha = sha256_hex(req.module)
+            sha = module_sha
             if req.module_sha256 and req.module_sha256 != sha:
                 raise AdmissionError(
                     "MODULE_HASH_MISMATCH",
@@ -182,7 +183,17 @@ class JobExecutor:
                 "BUSY",
                 f"all {self.slots} job slots and {self.queue_limit} queue places are taken",
             )
-        sha, limits = self._check_input(req)
+        # Hashing a large module (up to 16 MiB, ~10 ms) must not stall the loop.
+        module_sha = ""
+        if len(req.module) > self.input_limits.max_module_bytes:
+            pass  # refused by _check_input before the hash matters
+        elif len(req.module) > _HASH_INLINE_BYTES:
+            module_sha = await asyncio.to_thread(sha256_hex, req.module)
+        elif req.module:
+            module_sha = sha256_hex(req.module)
+        if self._draining:  # may have begun while a large module was hashed
+            raise AdmissionError("SHUTTING_DOWN", "node is shutting down; not accepting jobs")
+        sha, limits = self._check_input(req, module_sha)
         job_id = new_job_id(os.urandom(16))
         spec = JobSpec(
             module_sha256=sha, args=req.args, env=req.env, stdin=req.stdin, limits=limits
