@@ -13,6 +13,7 @@ by hand with noiseprotocol, as an attacker or a broken implementation would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import serve
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -51,6 +53,7 @@ from plasm_grpc.net import (
     RemoteCallError,
     RequestTimeoutError,
 )
+from plasm_grpc.net.certs import new_certificate
 
 HANDSHAKE_S = 1.0
 WAIT_S = 20.0  # the bound on any single wait: generous, never a measurement
@@ -563,5 +566,207 @@ def test_closing_an_endpoint_closes_its_connections_cleanly() -> None:
             assert b.endpoint.connections() == []
             with pytest.raises(ConnectionClosedError):
                 await connection.request(ECHO, b"", timeout=WAIT_S)
+
+    run(main())
+
+
+# -- a relayed or replayed handshake -------------------------------------------------------------
+
+
+class _Upstream(RawClient):
+    """The relay's client side towards the real server: hands what arrives to `forward`."""
+
+    def __init__(self, quic: QuicConnection, forward: Callable[[bytes], None], **kwargs: Any):
+        super().__init__(quic, **kwargs)
+        self.forward = forward
+
+    def quic_event_received(self, event: quic_events.QuicEvent) -> None:
+        super().quic_event_received(event)
+        if isinstance(event, quic_events.StreamDataReceived) and event.data:
+            self.forward(event.data)
+
+
+class Relay:
+    """A man in the middle that terminates QUIC on both sides.
+
+    It accepts the victim's QUIC connection under its OWN certificate (a raw
+    aioquic server with the overlay's ALPN), dials the real server as a plain
+    QUIC client, and copies stream 0 verbatim both ways, recording it.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.client_to_server = bytearray()
+        self.server_to_client = bytearray()
+        self.upstreams: list[tuple[asyncio.DatagramTransport, _Upstream]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+class _Downstream(QuicConnectionProtocol):
+    """The relay's server side, facing the victim client."""
+
+    def __init__(self, quic: QuicConnection, relay: Relay, **kwargs: Any) -> None:
+        super().__init__(quic, **kwargs)
+        self.relay = relay
+        self.upstream: _Upstream | None = None
+        self.pending = bytearray()
+        self.dialling = False
+
+    def quic_event_received(self, event: quic_events.QuicEvent) -> None:
+        if isinstance(event, quic_events.StreamDataReceived) and event.data:
+            self.relay.client_to_server += event.data
+            if self.upstream is not None:
+                self.upstream.write(event.data)
+                return
+            self.pending += event.data
+            if not self.dialling:
+                self.dialling = True
+                task = asyncio.get_running_loop().create_task(self._dial())
+                self.relay.tasks.add(task)
+                task.add_done_callback(self.relay.tasks.discard)
+        elif isinstance(event, quic_events.ConnectionTerminated) and self.upstream is not None:
+            self.upstream.close()  # the victim went away: so does the relay
+
+    def _to_client(self, data: bytes) -> None:
+        self.relay.server_to_client += data
+        self._quic.send_stream_data(0, data)
+        self.transmit()
+
+    async def _dial(self) -> None:
+        configuration = QuicConfiguration(
+            is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE, server_name="x"
+        )
+        transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Upstream(QuicConnection(configuration=configuration), self._to_client),
+            local_addr=("127.0.0.1", 0),
+        )
+        assert isinstance(protocol, _Upstream)
+        self.relay.upstreams.append((transport, protocol))
+        protocol.connect(("127.0.0.1", self.relay.target_port))
+        await bounded(protocol.wait_connected())
+        self.upstream = protocol
+        protocol.write(bytes(self.pending))
+        self.pending.clear()
+
+
+@asynccontextmanager
+async def relay_to(target_port: int) -> AsyncIterator[Relay]:
+    relay = Relay(target_port)
+    certificate = new_certificate()  # the relay's own: it has no other server's key
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+    configuration.certificate = certificate.certificate
+    configuration.private_key = certificate.private_key
+    server = await serve(
+        "127.0.0.1",
+        0,
+        configuration=configuration,
+        create_protocol=lambda quic, **kwargs: _Downstream(quic, relay, **kwargs),
+    )
+    assert server._transport is not None
+    relay.port = int(server._transport.get_extra_info("sockname")[1])
+    try:
+        yield relay
+    finally:
+        for task in list(relay.tasks):
+            task.cancel()
+        for _, upstream in relay.upstreams:
+            upstream.close()
+        for transport, upstream in relay.upstreams:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(upstream.wait_closed(), WAIT_S)
+            transport.close()
+        server.close()
+        await asyncio.sleep(0)
+
+
+def test_a_relayed_handshake_fails_on_both_ends() -> None:
+    async def main() -> None:
+        async with nodes(2) as (client, server), relay_to(server.port) as relay:
+            with pytest.raises(HandshakeFailedError) as failure:
+                await bounded(client.endpoint.connect("127.0.0.1", relay.port, server.node_id))
+            # The relay did carry the Noise messages: message 1 to the server, and
+            # the server's message 2 back, which fails under the client's prologue
+            # (the hash of the relay's certificate, not the server's).
+            assert relay.client_to_server
+            assert relay.server_to_client
+            assert "message 2 does not authenticate" in str(failure.value)
+            (failed,) = client.events("overlay_handshake_failed")
+            assert failed["expected_node_id"] == server.node_id
+            assert "relayed handshake" in failed["reason"]
+            # The server never gets message 3: it gives up on the relayed connection.
+            await eventually(
+                lambda: bool(server.events("overlay_handshake_failed")),
+                "the server logs overlay_handshake_failed",
+            )
+            for node in (client, server):
+                assert node.events("overlay_connected") == []
+                assert node.endpoint.connections() == []
+            assert client.endpoint.connection_to(server.node_id) is None
+            assert server.endpoint.connection_to(client.node_id) is None
+            # Both keep working directly.
+            await good_rpcs(client, server)
+
+    run(main())
+
+
+class _RecordingClient(RawClient):
+    """A RawClient that keeps every byte it writes on stream 0."""
+
+    def __init__(self, quic: QuicConnection, **kwargs: Any) -> None:
+        super().__init__(quic, **kwargs)
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+        super().write(data)
+
+
+def test_a_replayed_handshake_does_not_connect() -> None:
+    async def main() -> None:
+        async with nodes(1) as (server,):
+            victim = key(97)
+
+            def connected_as_victim() -> int:
+                return sum(
+                    e["peer_node_id"] == victim.node_id for e in server.events("overlay_connected")
+                )
+
+            # A successful handshake whose stream-0 bytes are recorded.
+            configuration = QuicConfiguration(
+                is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE, server_name="x"
+            )
+            loop = asyncio.get_running_loop()
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: _RecordingClient(QuicConnection(configuration=configuration)),
+                local_addr=("127.0.0.1", 0),
+            )
+            assert isinstance(protocol, _RecordingClient)
+            try:
+                protocol.connect(("127.0.0.1", server.port))
+                await bounded(protocol.wait_connected())
+                await RawNoise(protocol, victim).complete()
+                await eventually(lambda: connected_as_victim() == 1, "the original connects")
+                recorded = bytes(protocol.written)
+            finally:
+                protocol.close()
+                await bounded(protocol.wait_closed())
+                transport.close()
+
+            # The same bytes, verbatim, on a new QUIC connection to the same server.
+            failures_before = len(server.events("overlay_handshake_failed"))
+            async with raw_client(server.port) as replay:
+                replay.write(recorded)
+                await bounded(replay.wait_closed())
+                assert replay.close_reason is not None
+                assert "message 3 does not authenticate" in replay.close_reason
+            await eventually(
+                lambda: len(server.events("overlay_handshake_failed")) > failures_before,
+                "the server logs the replay's failure",
+            )
+            last_failure = server.events("overlay_handshake_failed")[-1]
+            assert "message 3 does not authenticate" in last_failure["reason"]
+            assert connected_as_victim() == 1  # only the original
+            assert server.endpoint.connection_to(victim.node_id) is None
 
     run(main())

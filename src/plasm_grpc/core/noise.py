@@ -67,7 +67,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from noise.connection import Keypair, NoiseConnection
+from noise.connection import NoiseConnection
 from noise.exceptions import (
     NoiseHandshakeError,
     NoiseInvalidMessage,
@@ -99,6 +99,7 @@ __all__ = [
     "HandshakeFailed",
     "HandshakeState",
     "NoiseHandshake",
+    "NoiseLocalIdentity",
     "NoiseTransport",
     "handshake_prologue",
     "noise_static_public_key",
@@ -132,6 +133,12 @@ _NOISE_ERRORS: Final = (
     InvalidTag,
     ValueError,
 )
+
+
+# noiseprotocol's X25519 keypair class (what set_keypair_from_private_bytes builds).
+_NOISE_DH_KEYPAIR: Final[Any] = NoiseConnection.from_name(
+    NOISE_PROTOCOL_NAME
+).noise_protocol.dh_fn.klass
 
 
 def handshake_prologue(server_certificate_der: bytes) -> bytes:
@@ -171,6 +178,36 @@ def _check_static_private(static_private: bytes) -> None:
             f"a Noise static private key is {NOISE_STATIC_KEY_BYTES} bytes, "
             f"got {len(static_private)}"
         )
+
+
+class NoiseLocalIdentity:
+    """This node's side of every handshake: its Noise static key and identity proof.
+
+    Checked once, here: the proof must verify and sign the static key's
+    public half (LocalOverlayError otherwise). A node builds one at start-up
+    and passes it to each `NoiseHandshake` as `local`, which then does no
+    verification of its own proof per connection. Immutable.
+    """
+
+    __slots__ = ("_keypair", "node_id", "payload", "proof", "static_public_key")
+
+    def __init__(self, static_private: bytes, identity_proof: SignedEnvelope) -> None:
+        _check_static_private(static_private)
+        try:
+            claim = NoiseIdentity.decode(envelopes.verify(identity_proof, NOISE_IDENTITY_DOMAIN))
+        except (VerificationError, RemoteOverlayError) as e:
+            raise LocalOverlayError(f"this node's identity proof is invalid: {e}") from e
+        keypair: Any = _NOISE_DH_KEYPAIR.from_private_bytes(static_private)
+        static_public = bytes(keypair.public_bytes)
+        if not hmac.compare_digest(claim.noise_static_public_key, static_public):
+            raise LocalOverlayError("this node's identity proof signs another Noise static key")
+        self._keypair: Final[Any] = keypair
+        self.static_public_key: Final = static_public
+        self.proof: Final = identity_proof
+        self.node_id: Final = identity_proof.signer_node_id
+        self.payload: Final = HandshakePayload(
+            identity=identity_proof, overlay_version=OVERLAY_VERSION
+        ).encode()
 
 
 # -- events --------------------------------------------------------------------------------
@@ -295,34 +332,36 @@ class NoiseHandshake:
         self,
         *,
         initiator: bool,
-        static_private: bytes,
+        static_private: bytes | None = None,
         prologue: bytes,
-        identity_proof: SignedEnvelope,
+        identity_proof: SignedEnvelope | None = None,
         expected_node_id: str | None = None,
+        local: NoiseLocalIdentity | None = None,
     ) -> None:
         """A handshake presenting `identity_proof` (see `sign_noise_identity`).
+
+        Pass either `static_private` and `identity_proof`, or `local`: the same
+        two, checked once (a node reuses one `NoiseLocalIdentity` for all its
+        handshakes instead of re-verifying its own proof each time).
 
         Raises LocalOverlayError if the proof does not verify or signs another
         static key than `static_private`'s: the peer would refuse it anyway.
         """
-        _check_static_private(static_private)
+        if local is None:
+            if static_private is None or identity_proof is None:
+                raise TypeError("pass static_private and identity_proof, or local")
+            local = NoiseLocalIdentity(static_private, identity_proof)
+        elif static_private is not None or identity_proof is not None:
+            raise TypeError("pass static_private and identity_proof, or local, not both")
         if not prologue:
             raise ValueError("the prologue is empty: use handshake_prologue(server certificate)")
         if expected_node_id is not None:
             check_hex64(expected_node_id, "expected_node_id")
-        try:
-            claim = NoiseIdentity.decode(envelopes.verify(identity_proof, NOISE_IDENTITY_DOMAIN))
-        except (VerificationError, RemoteOverlayError) as e:
-            raise LocalOverlayError(f"this node's identity proof is invalid: {e}") from e
-        if claim.noise_static_public_key != noise_static_public_key(static_private):
-            raise LocalOverlayError("this node's identity proof signs another Noise static key")
 
         self._initiator = initiator
         self._expected_node_id = expected_node_id
-        self._own_node_id = identity_proof.signer_node_id
-        self._own_payload = HandshakePayload(
-            identity=identity_proof, overlay_version=OVERLAY_VERSION
-        ).encode()
+        self._own_node_id = local.node_id
+        self._own_payload = local.payload
         self._buffer = bytearray()
         self._message_length: int | None = None
         self._outgoing = bytearray()
@@ -331,7 +370,10 @@ class NoiseHandshake:
         self._transport: NoiseTransport | None = None
 
         connection: Any = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
-        connection.set_keypair_from_private_bytes(Keypair.STATIC, static_private)
+        # The static keypair object is only read by noiseprotocol, so one per
+        # node serves every handshake (set_keypair_from_private_bytes would
+        # rebuild it from the private bytes each time).
+        connection.noise_protocol.keypairs["s"] = local._keypair
         connection.set_prologue(prologue)
         if initiator:
             connection.set_as_initiator()

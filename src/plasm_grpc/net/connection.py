@@ -55,6 +55,7 @@ from plasm_grpc.core.noise import (
     HandshakeComplete,
     HandshakeFailed,
     NoiseHandshake,
+    NoiseLocalIdentity,
     NoiseTransport,
     handshake_prologue,
 )
@@ -160,6 +161,11 @@ class LocalIdentity:
     static_private: bytes  # X25519 Noise static key
     proof: SignedEnvelope  # sign_noise_identity(identity key, static public key)
     certificate_der: bytes  # this endpoint's QUIC server certificate
+    # Derived once at start-up, not per handshake: the static key and proof,
+    # checked (NoiseLocalIdentity), and the prologue of the connections this
+    # endpoint accepts (handshake_prologue(certificate_der)).
+    noise: NoiseLocalIdentity
+    server_prologue: bytes
 
 
 class _Owner(Protocol):
@@ -245,11 +251,11 @@ class OverlayConnection:
         self.close_reason: str | None = None
         self.established_at: float | None = None
 
+        # The server knows its own certificate from the start but makes its
+        # handshake only once its first QUIC flight is out (datagram_received);
+        # the client learns the certificate in the QUIC handshake (see
+        # _quic_handshake_completed).
         self._handshake: NoiseHandshake | None = None
-        if not initiator:
-            # The server knows its own certificate from the start; the client
-            # learns it in the QUIC handshake (see _quic_handshake_completed).
-            self._handshake = self._new_handshake(owner.local.certificate_der)
         self._transport: NoiseTransport | None = None
         self._decoder = FrameDecoder(max_frame_bytes=NOISE_MAX_MESSAGE_BYTES)
         self._chunker = Chunker(chunk_bytes=CHUNK_BYTES)
@@ -293,9 +299,11 @@ class OverlayConnection:
         loss = self._quic._loss  # no public accessor in aioquic 1.x
         return loss._rtt_smoothed if loss._rtt_initialized else None
 
-    async def wait_established(self) -> None:
-        """Returns once the peer proved its identity; raises HandshakeFailedError otherwise."""
-        await asyncio.shield(self._established)
+    def wait_established(self) -> asyncio.Future[None]:
+        """Await it: returns once the peer proved its identity; raises HandshakeFailedError
+        otherwise. A future, not a coroutine: the dialler wakes one event-loop turn
+        after the handshake completes instead of going through an extra task."""
+        return asyncio.shield(self._established)
 
     async def wait_terminated(self) -> None:
         """Returns once QUIC has finished closing (after its draining period)."""
@@ -361,9 +369,20 @@ class OverlayConnection:
         self._quic.receive_datagram(data, addr, now=self._loop.time())
         self._process_events()
         self.transmit()
+        if (
+            not self.initiator
+            and self._handshake is None
+            and self.state is ConnectionState.HANDSHAKING
+            and self._refuse_reason is None
+        ):
+            # While the client works on our QUIC flight, not before sending it.
+            self._handshake = self._new_handshake(self._owner.local.server_prologue)
 
     def transmit(self) -> None:
-        self._transmit_handle = None
+        if self._transmit_handle is not None:
+            # This call sends whatever a pending _transmit_soon would have sent.
+            self._transmit_handle.cancel()
+            self._transmit_handle = None
         for _ in range(4):  # refill the stream from the Chunker as QUIC drains it
             self._pump_chunks()
             datagrams = self._quic.datagrams_to_send(now=self._loop.time())
@@ -371,6 +390,8 @@ class OverlayConnection:
                 self._owner.sendto(data, addr)
             if not datagrams or not self._chunker.pending:
                 break
+        else:
+            self._transmit_soon()  # QUIC is still taking chunks: go on after other work
         timer_at = self._quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
@@ -386,7 +407,11 @@ class OverlayConnection:
 
     def _transmit_soon(self) -> None:
         if self._transmit_handle is None and not self._terminated.is_set():
-            self._transmit_handle = self._loop.call_soon(self.transmit)
+            self._transmit_handle = self._loop.call_soon(self._transmit_scheduled)
+
+    def _transmit_scheduled(self) -> None:
+        self._transmit_handle = None
+        self.transmit()
 
     def _handle_timer(self) -> None:
         now = max(self._timer_at or 0.0, self._loop.time())
@@ -434,14 +459,12 @@ class OverlayConnection:
 
     # -- the Noise handshake -------------------------------------------------------------
 
-    def _new_handshake(self, server_certificate_der: bytes) -> NoiseHandshake:
-        local = self._owner.local
+    def _new_handshake(self, prologue: bytes) -> NoiseHandshake:
         return NoiseHandshake(
             initiator=self.initiator,
-            static_private=local.static_private,
-            prologue=handshake_prologue(server_certificate_der),
-            identity_proof=local.proof,
+            prologue=prologue,
             expected_node_id=self.expected_node_id,
+            local=self._owner.local.noise,
         )
 
     def _quic_handshake_completed(self, event: quic_events.HandshakeCompleted) -> None:
@@ -457,11 +480,15 @@ class OverlayConnection:
         if certificate is None:
             self._finish("the QUIC server sent no certificate", CLOSE_HANDSHAKE_FAILED)
             return
-        self._handshake = self._new_handshake(certificate.public_bytes(Encoding.DER))
+        self._handshake = self._new_handshake(
+            handshake_prologue(certificate.public_bytes(Encoding.DER))
+        )
         self._write(self._handshake.data_to_send())
 
     def _handshake_data(self, data: bytes) -> None:
         handshake = self._handshake
+        if handshake is None and not self.initiator:
+            handshake = self._handshake = self._new_handshake(self._owner.local.server_prologue)
         if handshake is None:
             self._protocol_error("stream data before the QUIC handshake finished")
             return

@@ -34,7 +34,12 @@ from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from plasm_grpc.core.ids import check_hex64
 from plasm_grpc.core.keys import NodeKey
-from plasm_grpc.core.noise import noise_static_public_key, sign_noise_identity
+from plasm_grpc.core.noise import (
+    NoiseLocalIdentity,
+    handshake_prologue,
+    noise_static_public_key,
+    sign_noise_identity,
+)
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net.certs import new_certificate
 from plasm_grpc.net.connection import (
@@ -154,6 +159,8 @@ class OverlayEndpoint:
             static_private=self._static_private,
             proof=proof,
             certificate_der=certificate.der,
+            noise=NoiseLocalIdentity(self._static_private, proof),
+            server_prologue=handshake_prologue(certificate.der),
         )
         self._server_config = _quic_configuration(self._settings, is_client=False)
         self._server_config.certificate = certificate.certificate
@@ -266,9 +273,9 @@ class OverlayEndpoint:
         connection.dial()
         try:
             # The connection's own deadline settles this; the bound is a backstop.
-            await asyncio.wait_for(
-                connection.wait_established(), self._settings.handshake_timeout + 1.0
-            )
+            # (asyncio.timeout, not wait_for: no extra task, fewer loop turns.)
+            async with asyncio.timeout(self._settings.handshake_timeout + 1.0):
+                await connection.wait_established()
         except TimeoutError:
             connection.close("the handshake did not complete")
             raise
