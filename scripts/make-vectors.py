@@ -53,8 +53,9 @@ DEFAULT_OUTPUT: Final = REPO_ROOT / "tests" / "vectors" / "receipts.json"
 
 FORMAT: Final = "plasm-receipt-test-vectors/1"
 WARNING: Final = (
-    "THROWAWAY TEST KEYS: every seed below is SHA-256 of a public label and is printed "
-    "here on purpose. Never use these keys for anything but tests."
+    "THROWAWAY TEST KEYS: no private key is stored here; scripts/make-vectors.py derives "
+    "each signing seed as SHA-256 of the key's public label. Never use these keys for "
+    "anything but tests."
 )
 KEY_LABELS: Final = (
     "plasm test vector key 1",  # the executor that signs every valid receipt
@@ -507,7 +508,6 @@ def build() -> str:
         "keys": [
             {
                 "label": label,
-                "seed_hex": key.seed().hex(),
                 "public_key_hex": key.public_key.hex(),
                 "node_id": key.node_id,
             }
