@@ -770,3 +770,63 @@ def test_a_replayed_handshake_does_not_connect() -> None:
             assert server.endpoint.connection_to(victim.node_id) is None
 
     run(main())
+
+
+# -- a frame that stalls after the handshake ---------------------------------------------------
+
+
+def test_frame_stall_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="frame_stall_timeout"):
+        OverlaySettings(frame_stall_timeout=0)
+
+
+def test_a_frame_trickled_then_stalled_closes_that_connection_before_the_idle_timeout() -> None:
+    """The stall deadline counts from the frame's first byte: trickling it does not
+    move the deadline, and the long idle timeout is not what closes the connection."""
+    settings = dataclasses.replace(SETTINGS, frame_stall_timeout=0.5, idle_timeout=60.0)
+
+    async def main() -> None:
+        async with nodes(2, settings) as (server, good):
+            await good_rpcs(good, server)
+            async with raw_client(server.port) as client:
+                raw = RawNoise(client, key(97))
+                await raw.complete()
+                await eventually(
+                    lambda: any(
+                        e["peer_node_id"] == raw.key.node_id
+                        for e in server.events("overlay_connected")
+                    ),
+                    "the raw client is connected",
+                )
+                raw.send_frame(b"\x08\x01\x10\x01")  # a whole frame first: no stall
+                ciphertext = bytes(raw.noise.encrypt(b"\x08\x01\x10\x02" + b"\x00" * 64))
+                framed = len(ciphertext).to_bytes(4, "big") + ciphertext
+
+                async def trickle_then_stall() -> None:
+                    for byte in framed[:-1]:  # never the last byte
+                        if client.close_reason is not None:
+                            return
+                        client.write(bytes([byte]))
+                        await asyncio.sleep(0.02)
+
+                trickle = asyncio.get_running_loop().create_task(trickle_then_stall())
+                rpcs = 0
+                while client.close_reason is None or rpcs < 3:
+                    await good_rpcs(good, server, count=1)
+                    rpcs += 1
+                    await asyncio.sleep(0.01)
+                    assert rpcs < 10_000, "the stalled connection was never closed"
+                await bounded(trickle)
+                await bounded(client.wait_closed())
+                assert client.close_reason is not None
+                assert client.close_reason.startswith("frame stalled: ")
+                assert f"of {len(framed)} bytes after" in client.close_reason
+            closed = [
+                e for e in server.events("overlay_closed") if e["peer_node_id"] == raw.key.node_id
+            ]
+            assert len(closed) == 1
+            assert closed[0]["reason"] == client.close_reason
+            assert [p.node_id for p in server.endpoint.connections()] == [good.node_id]
+            await good_rpcs(good, server)
+
+    run(main())

@@ -30,6 +30,14 @@ connection; a request beyond that is answered at once with an ERROR
 **Failures** of the peer (bad handshake, bad frame, forged ciphertext, a
 deadline) close only this connection, with a reason that is logged and sent
 in the QUIC CONNECTION_CLOSE.
+
+**Stalled frames.** Once a frame has begun (its first length-prefix byte is
+in), the peer has `frame_stall_timeout` plus the frame's size at
+`FRAME_MIN_BYTES_PER_S` to deliver the rest, measured from that first byte:
+more bytes of the same frame do not move the deadline, so a peer trickling a
+byte at a time cannot hold the decoder's buffer open for long. A legitimate
+frame (at most NOISE_MAX_MESSAGE_BYTES, about 64 KiB) gets under a second
+on top of the timeout.
 """
 
 from __future__ import annotations
@@ -48,7 +56,14 @@ from google.protobuf.message import DecodeError
 from plasm.v1 import overlay_pb2
 
 from plasm_grpc.core.envelope import SignedEnvelope
-from plasm_grpc.core.framing import Chunk, Chunker, FrameDecoder, Reassembler, encode_frame
+from plasm_grpc.core.framing import (
+    LENGTH_PREFIX_BYTES,
+    Chunk,
+    Chunker,
+    FrameDecoder,
+    Reassembler,
+    encode_frame,
+)
 from plasm_grpc.core.noise import (
     NOISE_MAX_MESSAGE_BYTES,
     NOISE_MAX_PLAINTEXT_BYTES,
@@ -73,6 +88,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALPN",
     "CHUNK_BYTES",
+    "FRAME_MIN_BYTES_PER_S",
     "ConnectionState",
     "Handler",
     "LocalIdentity",
@@ -88,6 +104,8 @@ STREAM_ID: Final = 0  # the client's first bidirectional stream
 MAX_METHOD_BYTES: Final = 256
 MAX_ERROR_MESSAGE_BYTES: Final = 512
 CHUNK_BYTES: Final = NOISE_MAX_PLAINTEXT_BYTES - 2048
+# The slowest delivery of one frame's bytes allowed on top of frame_stall_timeout.
+FRAME_MIN_BYTES_PER_S: Final = 64 * 1024
 
 # QUIC application error codes in CONNECTION_CLOSE (the reason phrase says more).
 CLOSE_NORMAL: Final = 0x0
@@ -115,6 +133,9 @@ class OverlaySettings:
 
     handshake_timeout: float = 5.0  # QUIC + Noise, from the first packet to a proven peer
     idle_timeout: float = 120.0  # no OverlayFrame either way, nothing in flight: close
+    # A frame begun but not completed within this (plus its size at
+    # FRAME_MIN_BYTES_PER_S), from its first byte: close.
+    frame_stall_timeout: float = 10.0
     keepalive_interval: float = 15.0  # QUIC PING while open (liveness, RTT samples)
     max_connections: int = 256
     max_connections_per_ip: int = 16  # inbound
@@ -130,7 +151,12 @@ class OverlaySettings:
     max_datagram_size: int = 1350
 
     def __post_init__(self) -> None:
-        for name in ("handshake_timeout", "idle_timeout", "keepalive_interval"):
+        for name in (
+            "handshake_timeout",
+            "idle_timeout",
+            "frame_stall_timeout",
+            "keepalive_interval",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         for name in (
@@ -258,6 +284,8 @@ class OverlayConnection:
         self._handshake: NoiseHandshake | None = None
         self._transport: NoiseTransport | None = None
         self._decoder = FrameDecoder(max_frame_bytes=NOISE_MAX_MESSAGE_BYTES)
+        self._partial = _PartialFrame()
+        self._stall_handle: asyncio.TimerHandle | None = None
         self._chunker = Chunker(chunk_bytes=CHUNK_BYTES)
         self._outgoing: dict[int, _OutgoingMessage] = {}
         self._reassembler = Reassembler(
@@ -551,7 +579,10 @@ class OverlayConnection:
         transport = self._transport
         assert transport is not None
         try:
-            for ciphertext in self._decoder.feed(data):
+            ciphertexts = self._decoder.feed(data)
+            self._partial.fed(data, ciphertexts, self._loop.time())
+            self._arm_stall_timer()
+            for ciphertext in ciphertexts:
                 frame = overlay_pb2.OverlayFrame.FromString(transport.decrypt(ciphertext))
                 self._frame_received(frame)
                 if self.close_reason is not None:
@@ -560,6 +591,47 @@ class OverlayConnection:
             self._protocol_error(str(e))
         except DecodeError:
             self._protocol_error("a frame is not a valid OverlayFrame")
+
+    def _stall_deadline(self) -> float | None:
+        partial = self._partial
+        if partial.started_at is None:
+            return None
+        size = partial.frame_bytes or partial.bytes_in
+        return (
+            partial.started_at + self._settings.frame_stall_timeout + size / FRAME_MIN_BYTES_PER_S
+        )
+
+    def _arm_stall_timer(self) -> None:
+        """One timer, rearmed only when the frame in progress needs an earlier one."""
+        deadline = self._stall_deadline()
+        if deadline is None:
+            return  # a timer already armed finds nothing to do and lapses
+        handle = self._stall_handle
+        if handle is not None and handle.when() <= deadline:
+            return  # it fires first and rearms itself for the later deadline
+        if handle is not None:
+            handle.cancel()
+        self._stall_handle = self._loop.call_at(deadline, self._stall_check)
+
+    def _stall_check(self) -> None:
+        self._stall_handle = None
+        if not self.is_open:
+            return
+        deadline = self._stall_deadline()
+        if deadline is None:
+            return
+        now = self._loop.time()
+        if now < deadline:
+            self._stall_handle = self._loop.call_at(deadline, self._stall_check)
+            return
+        partial = self._partial
+        assert partial.started_at is not None
+        total = "?" if partial.frame_bytes is None else str(partial.frame_bytes)
+        self._finish(
+            f"frame stalled: {partial.bytes_in} of {total} bytes "
+            f"after {now - partial.started_at:.1f} s",
+            error_code=CLOSE_PROTOCOL_ERROR,
+        )
 
     def _frame_received(self, frame: overlay_pb2.OverlayFrame) -> None:
         self._last_activity = self._loop.time()
@@ -837,10 +909,10 @@ class OverlayConnection:
             phrase = reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
             self._quic.close(error_code=error_code, reason_phrase=phrase)
             self._transmit_soon()
-        for handle in (self._deadline, self._tick_handle):
+        for handle in (self._deadline, self._tick_handle, self._stall_handle):
             if handle is not None:
                 handle.cancel()
-        self._deadline = self._tick_handle = None
+        self._deadline = self._tick_handle = self._stall_handle = None
 
         closed = ConnectionClosedError(reason)
         for answer in self._pending.values():
@@ -875,6 +947,43 @@ class OverlayConnection:
                 )
                 self._established.exception()  # retrieved: a refused inbound has no waiter
         self._owner.connection_finished(self)
+
+
+class _PartialFrame:
+    """The frame in progress in the connection's FrameDecoder, as seen from its input.
+
+    Counted from the bytes fed and the frames the decoder returned (the
+    decoder does not expose its length prefix): bytes in, including the
+    4-byte prefix; the whole frame's size once the prefix is in; and when its
+    first byte arrived.
+    """
+
+    __slots__ = ("bytes_in", "head", "started_at")
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.head = bytearray()  # the length prefix, as far as it has come
+        self.started_at: float | None = None
+
+    @property
+    def frame_bytes(self) -> int | None:
+        if len(self.head) < LENGTH_PREFIX_BYTES:
+            return None
+        return LENGTH_PREFIX_BYTES + int.from_bytes(self.head, "big")
+
+    def fed(self, data: bytes, frames: list[bytes], now: float) -> None:
+        """`data` went into the decoder, which returned `frames`."""
+        if frames:
+            completed = sum(LENGTH_PREFIX_BYTES + len(frame) for frame in frames)
+            tail = len(data) - (completed - self.bytes_in)  # the next frame's bytes
+            self.bytes_in = tail
+            self.head = bytearray(data[len(data) - tail :][:LENGTH_PREFIX_BYTES])
+            self.started_at = now if tail else None
+        elif data:
+            if not self.bytes_in:
+                self.started_at = now
+            self.bytes_in += len(data)
+            self.head += data[: LENGTH_PREFIX_BYTES - len(self.head)]
 
 
 def _check_method(method: str) -> None:
