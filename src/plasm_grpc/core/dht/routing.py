@@ -1,0 +1,281 @@
+"""k-buckets and the routing table (Kademlia paper, sections 2.2, 2.4 and 4.1).
+
+The table keeps, for each bucket index i in [0, 256), up to k contacts whose
+distance from the own id lies in [2**i, 2**(i+1)), least-recently seen first.
+
+Only contacts that have *answered* this node enter the table: the caller calls
+`observe` when a response (a FIND_NODE reply, a pong, ...) arrives from a
+contact, never for a contact merely named in someone else's reply, and never
+for the sender of an unsolicited request (ping it first and observe the pong).
+That closes the cheapest way to fill a table with addresses nobody controls.
+
+Section 2.2 eviction policy: when a bucket is full, the least-recently seen
+contact is pinged before anything is evicted; if it answers it moves to the
+tail and the newcomer waits in the bucket's replacement cache, otherwise it is
+dropped and the freshest cached contact takes its place (section 4.1). Long-
+lived nodes are preferred because they are likely to stay up. The table never
+sends the ping itself: `observe` returns a `PingRequest` and the caller later
+reports `ping_result`.
+
+Address diversity: a bucket holds at most `MAX_PER_IP` contacts sharing one IP
+address and at most `MAX_PER_SUBNET` sharing one subnet (an IPv4 /24 or an IPv6
+/48), so one host or one cheap address block cannot take over a bucket (an
+eclipse attack). Contacts over the limit are rejected with a `RejectReason`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Final
+
+from plasm_grpc.core.dht.keys import KEY_BITS, KEY_BYTES, Key, bucket_index, distance
+from plasm_grpc.core.errors import InvalidIdError
+from plasm_grpc.core.ids import check_hex64
+
+K: Final = 20
+"""Bucket size and replication parameter (section 2.2; DESIGN.md item 6)."""
+MAX_PER_IP: Final = 2
+"""Most contacts in one bucket that share an IP address (several ports may be
+legitimate, e.g. two nodes behind one NAT, but not a whole bucket)."""
+MAX_PER_SUBNET: Final = 4
+"""Most contacts in one bucket that share an IPv4 /24 or IPv6 /48."""
+REPLACEMENT_CACHE_SIZE: Final = K
+"""Most contacts waiting in one bucket's replacement cache (section 4.1)."""
+_IPV4_PREFIX: Final = 24
+_IPV6_PREFIX: Final = 48
+_MAX_PORT: Final = 65535
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contact:
+    """A node as a routing table knows it: its id and where it answered from."""
+
+    node_id: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        check_hex64(self.node_id, "node id")
+        if not self.host or len(self.host) > 253:
+            raise InvalidIdError("a contact's host must be 1 to 253 characters")
+        if not 0 < self.port <= _MAX_PORT:
+            raise InvalidIdError(f"a contact's port must be in 1..{_MAX_PORT}, got {self.port}")
+
+    @property
+    def key(self) -> Key:
+        return Key.from_hex(self.node_id)
+
+
+class RejectReason(enum.Enum):
+    SELF = "the contact is this node"
+    IP_LIMIT = f"the bucket already holds {MAX_PER_IP} contacts at this IP address"
+    SUBNET_LIMIT = f"the bucket already holds {MAX_PER_SUBNET} contacts in this subnet"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected:
+    """`observe` refused a contact; the table is unchanged."""
+
+    contact: Contact
+    reason: RejectReason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PingRequest:
+    """Ping `contact` (the least-recently seen of a full bucket) and report the
+    outcome through `RoutingTable.ping_result`."""
+
+    contact: Contact
+    bucket: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.bucket < KEY_BITS:
+            raise InvalidIdError(f"bucket index must be in [0, {KEY_BITS})")
+
+
+def _address_groups(host: str) -> tuple[str, str]:
+    """(ip, subnet) used for diversity limits; a host name is its own group."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host, host
+    prefix = _IPV4_PREFIX if ip.version == 4 else _IPV6_PREFIX
+    network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
+    return str(ip), str(network)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    last_touched: float
+    contacts: OrderedDict[str, Contact] = field(default_factory=OrderedDict)
+    """Least-recently seen first."""
+    replacements: OrderedDict[str, Contact] = field(default_factory=OrderedDict)
+    """Oldest first; the freshest is promoted."""
+    pending_ping: str | None = None
+
+
+class RoutingTable:
+    """256 k-buckets around `own_id`. See the module docstring for the rules."""
+
+    def __init__(self, own_id: str, *, k: int = K, now: float) -> None:
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        self._own = Key.from_hex(own_id)
+        self._k = k
+        self._buckets = [_Bucket(last_touched=now) for _ in range(KEY_BITS)]
+
+    @property
+    def own_id(self) -> str:
+        return self._own.hex
+
+    @property
+    def k(self) -> int:
+        return self._k
+
+    def __len__(self) -> int:
+        return sum(len(b.contacts) for b in self._buckets)
+
+    def __contains__(self, node_id: object) -> bool:
+        if not isinstance(node_id, str) or node_id == self._own.hex:
+            return False
+        return node_id in self._buckets[self._index(node_id)].contacts
+
+    def contacts(self) -> list[Contact]:
+        return [c for b in self._buckets for c in b.contacts.values()]
+
+    def bucket(self, index: int) -> list[Contact]:
+        """Contacts of bucket `index`, least-recently seen first."""
+        return list(self._buckets[index].contacts.values())
+
+    def replacements(self, index: int) -> list[Contact]:
+        return list(self._buckets[index].replacements.values())
+
+    def _index(self, node_id: str) -> int:
+        return bucket_index(self._own, Key.from_hex(node_id))
+
+    def _diversity(self, bucket: _Bucket, contact: Contact) -> RejectReason | None:
+        ip, subnet = _address_groups(contact.host)
+        same_ip = same_subnet = 0
+        for other in bucket.contacts.values():
+            if other.node_id == contact.node_id:
+                continue
+            other_ip, other_subnet = _address_groups(other.host)
+            same_ip += other_ip == ip
+            same_subnet += other_subnet == subnet
+        if same_ip >= MAX_PER_IP:
+            return RejectReason.IP_LIMIT
+        if same_subnet >= MAX_PER_SUBNET:
+            return RejectReason.SUBNET_LIMIT
+        return None
+
+    def observe(self, contact: Contact, now: float) -> PingRequest | Rejected | None:
+        """Record that `contact` has just answered us (section 2.2).
+
+        Returns a `PingRequest` when the contact's bucket is full and its
+        least-recently seen entry must be checked (the newcomer waits in the
+        replacement cache meanwhile), a `Rejected` when the contact is this
+        node or breaks a diversity limit, and None otherwise.
+        """
+        if contact.node_id == self._own.hex:
+            return Rejected(contact=contact, reason=RejectReason.SELF)
+        index = self._index(contact.node_id)
+        bucket = self._buckets[index]
+        reason = self._diversity(bucket, contact)
+        if reason is not None:
+            return Rejected(contact=contact, reason=reason)
+        bucket.last_touched = now
+        if contact.node_id in bucket.contacts:
+            # Known node: move to the tail, taking the address it answered from.
+            del bucket.contacts[contact.node_id]
+            bucket.contacts[contact.node_id] = contact
+            return None
+        bucket.replacements.pop(contact.node_id, None)
+        if len(bucket.contacts) < self._k:
+            bucket.contacts[contact.node_id] = contact
+            return None
+        bucket.replacements[contact.node_id] = contact
+        while len(bucket.replacements) > REPLACEMENT_CACHE_SIZE:
+            bucket.replacements.popitem(last=False)
+        if bucket.pending_ping is not None:
+            return None
+        oldest = next(iter(bucket.contacts.values()))
+        bucket.pending_ping = oldest.node_id
+        return PingRequest(contact=oldest, bucket=index)
+
+    def ping_result(self, node_id: str, alive: bool, now: float) -> None:
+        """Report the outcome of a `PingRequest` (or of any ping to `node_id`)."""
+        if node_id == self._own.hex:
+            return
+        index = self._index(node_id)
+        bucket = self._buckets[index]
+        if bucket.pending_ping == node_id:
+            bucket.pending_ping = None
+        if node_id not in bucket.contacts:
+            return
+        if alive:
+            bucket.contacts.move_to_end(node_id)
+            bucket.last_touched = now
+        else:
+            self._drop(bucket, node_id)
+
+    def remove(self, node_id: str) -> None:
+        """Forget `node_id` (e.g. it stopped answering) and promote a replacement."""
+        if node_id == self._own.hex:
+            return
+        bucket = self._buckets[self._index(node_id)]
+        bucket.replacements.pop(node_id, None)
+        if bucket.pending_ping == node_id:
+            bucket.pending_ping = None
+        if node_id in bucket.contacts:
+            self._drop(bucket, node_id)
+
+    def _drop(self, bucket: _Bucket, node_id: str) -> None:
+        del bucket.contacts[node_id]
+        # Section 4.1: the most recently seen cached contact replaces it.
+        for candidate_id in reversed(bucket.replacements):
+            candidate = bucket.replacements[candidate_id]
+            if self._diversity(bucket, candidate) is None:
+                del bucket.replacements[candidate_id]
+                bucket.contacts[candidate_id] = candidate
+                return
+
+    def closest(self, target: Key, count: int) -> list[Contact]:
+        """The `count` known contacts nearest `target` by XOR, nearest first."""
+        if count < 0:
+            raise ValueError("count must be non-negative")
+        return sorted(self.contacts(), key=lambda c: distance(c.key, target))[:count]
+
+    def touch(self, index: int, now: float) -> None:
+        """Mark bucket `index` refreshed, e.g. after a lookup in its range."""
+        self._buckets[index].last_touched = now
+
+    def touch_key(self, target: Key, now: float) -> None:
+        if target != self._own:
+            self.touch(bucket_index(self._own, target), now)
+
+    def stale_buckets(self, now: float, refresh_interval: float) -> list[int]:
+        """Buckets with no lookup or answer for `refresh_interval` (section 2.3).
+
+        Buckets nearer than the nearest non-empty one are skipped: they cover
+        exponentially small parts of the space and are almost surely empty;
+        the own-id lookup at join and refreshes of the others cover them.
+        """
+        nonempty = [i for i, b in enumerate(self._buckets) if b.contacts]
+        lowest = nonempty[0] if nonempty else 0
+        return [
+            i
+            for i in range(lowest, KEY_BITS)
+            if now - self._buckets[i].last_touched >= refresh_interval
+        ]
+
+    def random_key_in_bucket(self, index: int, random_bytes: bytes) -> Key:
+        """A key in bucket `index`'s range, drawn from caller-supplied bytes."""
+        if not 0 <= index < KEY_BITS:
+            raise ValueError(f"bucket index must be in [0, {KEY_BITS})")
+        if len(random_bytes) != KEY_BYTES:
+            raise ValueError(f"need {KEY_BYTES} random bytes")
+        low = int.from_bytes(random_bytes, "big") & ((1 << index) - 1)
+        return Key(self._own.value ^ ((1 << index) | low))
