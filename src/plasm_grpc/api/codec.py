@@ -5,6 +5,8 @@ With `plasm_grpc.net`, the only place that touches generated code.
 
 from __future__ import annotations
 
+from typing import Final
+
 from google.protobuf.message import DecodeError as ProtoDecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from plasm.v1 import (
@@ -20,6 +22,9 @@ from plasm_grpc.core.errors import PlasmError
 from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.core.receipt import Receipt, RuntimeInfo
+
+# Trailing-metadata key carrying a plasm.v1.ErrorReason value name on a failed RPC.
+REASON_KEY: Final = "plasm-error-reason"
 
 
 class DecodeError(PlasmError):

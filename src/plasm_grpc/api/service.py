@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
@@ -36,7 +35,7 @@ from plasm_grpc.store.receipts import InvalidPageTokenError
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-REASON_KEY: Final = "plasm-error-reason"
+REASON_KEY: Final = codec.REASON_KEY
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 1000
 
@@ -293,7 +292,3 @@ def _total_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return 0
-
-
-def now_ns() -> int:
-    return time.time_ns()

@@ -78,7 +78,7 @@ def describe_rpc_error(err: grpc.RpcError, addr: str) -> str:
     reason = ""
     if isinstance(err, grpc.Call):
         for key, value in err.trailing_metadata() or ():
-            if key == "plasm-error-reason":
+            if key == codec.REASON_KEY:
                 reason = str(value)
     if code == grpc.StatusCode.UNAVAILABLE and reason == "ERROR_REASON_SHUTTING_DOWN":
         return f"plasmd at {addr} is shutting down and not accepting jobs: {details}"

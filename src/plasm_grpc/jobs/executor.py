@@ -9,7 +9,6 @@ module compiles or a long job runs.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -290,8 +289,8 @@ class JobExecutor:
             job_id=job_id,
             module_sha256=spec.module_sha256,
             input_sha256=input_sha256(spec.args, spec.env, spec.stdin),
-            stdout_sha256=hashlib.sha256(ex.stdout).hexdigest(),
-            stderr_sha256=hashlib.sha256(ex.stderr).hexdigest(),
+            stdout_sha256=sha256_hex(ex.stdout),
+            stderr_sha256=sha256_hex(ex.stderr),
             stdout_bytes=len(ex.stdout),
             stderr_bytes=len(ex.stderr),
             outcome=ex.outcome,

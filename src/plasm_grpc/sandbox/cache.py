@@ -27,7 +27,7 @@ from typing import Final
 
 import wasmtime
 
-from plasm_grpc.core.ids import check_hex64
+from plasm_grpc.core.ids import check_hex64, sha256_hex
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.sandbox.engine import SandboxEngine
 
@@ -119,7 +119,7 @@ class ModuleCache:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        if hashlib.sha256(data).hexdigest() != sha256:
+        if sha256_hex(data) != sha256:
             return None  # corrupted on disk: treat as absent
         return data
 

@@ -312,11 +312,9 @@ class Sandbox:
                 trap_code = code.name.lower() if code else "unknown"
                 detail = _trap_detail(outcome, trap_code, limits)
             except wasmtime.WasmtimeError as err:
+                # proc_exit is the sandbox's own (_proc_exit), so wasmtime never
+                # raises ExitTrap here: an exit is a stop_reason, handled below.
                 outcome, detail = _classify_error(str(err))
-                if isinstance(err, wasmtime.ExitTrap):
-                    outcome = Outcome.SUCCESS if err.code == 0 else Outcome.NONZERO_EXIT
-                    state.exit_code = err.code
-                    detail = ""
             if state.stop_reason is not None:
                 # The guest was stopped on purpose by a host call (exit or
                 # output cap); the fuel trap that followed is not its outcome.
