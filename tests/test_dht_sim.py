@@ -1,4 +1,5 @@
-"""A 200-node seeded network: joins via one bootstrap node, lookups against an oracle."""
+"""A 200-node seeded network of real DhtNodes: joins via one bootstrap node, lookups and
+records against an oracle."""
 
 from __future__ import annotations
 
@@ -23,14 +24,19 @@ class Outcome:
     digest: str
 
 
-def run(seed: int, *, kill: int = 0) -> Outcome:
+def build(seed: int, nodes: int = NODES) -> SimNetwork:
     net = SimNetwork(seed)
     bootstrap = net.add_node()
-    for _ in range(NODES - 1):
-        lookup = net.join(net.add_node(), bootstrap.contact)
+    for _ in range(nodes - 1):
+        node = net.add_node()
+        op = net.join(node, bootstrap.contact)
         net.run()
-        assert lookup is not None
-        assert lookup.done, f"seed {seed}: join lookup did not finish"
+        assert op in node.results, f"seed {seed}: join lookup did not finish"
+    return net
+
+
+def run(seed: int, *, kill: int = 0) -> Outcome:
+    net = build(seed)
     ids = sorted(net.nodes)
     for victim in net.rng.sample(ids[1:], kill):
         net.kill(victim)
@@ -40,13 +46,13 @@ def run(seed: int, *, kill: int = 0) -> Outcome:
     for _ in range(TARGETS):
         origin = net.nodes[net.rng.choice(live)]
         target = Key.from_bytes(net.rng.randbytes(32))
-        lookup = net.start_lookup(origin, target)
+        op = net.call(origin, lambda d, now, t=target: d.find_node(t, now))
         net.run()
-        assert lookup.done, f"seed {seed}: lookup did not finish"
-        got = {c.node_id for c in lookup.result()}
-        want = set(net.oracle(target, K, exclude=origin.contact.node_id))
+        result = origin.results[op]
+        got = {c.node_id for c in result.closest}
+        want = set(net.oracle(target, K, exclude=origin.node_id))
         overlaps.append(len(got & want) / K)
-        hops.append(lookup.stats().hops)
+        hops.append(result.hops)
     return Outcome(statistics.mean(overlaps), statistics.mean(hops), net.trace_digest())
 
 

@@ -7,7 +7,12 @@ Peer-to-peer Information System Based on the XOR Metric", 2002):
 - `routing`: k-buckets, LRU order, ping-before-evict, replacement caches and
   address diversity limits (sections 2.2, 2.4, 4.1).
 - `lookup`: the iterative FIND_NODE lookup state machine (section 2.3).
-- `sim`: a seeded, virtual-time network of many nodes used by the tests.
+- `records`: signed peer records and capability classes (provider keys).
+- `messages`: the RPCs as values.
+- `ratelimit`: per-peer token buckets for inbound RPCs.
+- `node`: `DhtNode`, one node's protocol (sections 2.3-2.5): answers RPCs,
+  runs lookups, stores and republishes records, refreshes buckets.
+- `sim`: a seeded, virtual-time network of many `DhtNode`s (tests, benchmarks).
 
 Nothing here reads a clock, draws randomness or touches a socket: time and
 random bytes come in as arguments and output is pulled by the caller.

@@ -19,15 +19,19 @@ reports `ping_result`.
 
 Address diversity: a bucket holds at most `MAX_PER_IP` contacts sharing one IP
 address and at most `MAX_PER_SUBNET` sharing one subnet (an IPv4 /24 or an IPv6
-/48), so one host or one cheap address block cannot take over a bucket (an
-eclipse attack). Contacts over the limit are rejected with a `RejectReason`.
+/48), and the whole table at most `MAX_PER_IP_TABLE` and `MAX_PER_SUBNET_TABLE`,
+so one host or one cheap address block cannot take over a bucket or the table
+(an eclipse attack). Contacts over a limit are rejected with a `RejectReason`.
+Loopback addresses are exempt by default: every node of a local test network
+shares 127.0.0.1, and whoever controls them controls the machine anyway.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -42,6 +46,10 @@ MAX_PER_IP: Final = 2
 legitimate, e.g. two nodes behind one NAT, but not a whole bucket)."""
 MAX_PER_SUBNET: Final = 4
 """Most contacts in one bucket that share an IPv4 /24 or IPv6 /48."""
+MAX_PER_IP_TABLE: Final = 8
+"""Most contacts in the whole table that share an IP address."""
+MAX_PER_SUBNET_TABLE: Final = 24
+"""Most contacts in the whole table that share an IPv4 /24 or IPv6 /48."""
 REPLACEMENT_CACHE_SIZE: Final = K
 """Most contacts waiting in one bucket's replacement cache (section 4.1)."""
 _IPV4_PREFIX: Final = 24
@@ -73,6 +81,8 @@ class RejectReason(enum.Enum):
     SELF = "the contact is this node"
     IP_LIMIT = f"the bucket already holds {MAX_PER_IP} contacts at this IP address"
     SUBNET_LIMIT = f"the bucket already holds {MAX_PER_SUBNET} contacts in this subnet"
+    TABLE_IP_LIMIT = f"the table already holds {MAX_PER_IP_TABLE} contacts at this IP address"
+    TABLE_SUBNET_LIMIT = f"the table already holds {MAX_PER_SUBNET_TABLE} contacts in this subnet"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +106,15 @@ class PingRequest:
             raise InvalidIdError(f"bucket index must be in [0, {KEY_BITS})")
 
 
+@functools.lru_cache(maxsize=65536)
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@functools.lru_cache(maxsize=65536)
 def _address_groups(host: str) -> tuple[str, str]:
     """(ip, subnet) used for diversity limits; a host name is its own group."""
     try:
@@ -120,12 +139,17 @@ class _Bucket:
 class RoutingTable:
     """256 k-buckets around `own_id`. See the module docstring for the rules."""
 
-    def __init__(self, own_id: str, *, k: int = K, now: float) -> None:
+    def __init__(
+        self, own_id: str, *, k: int = K, now: float, exempt_loopback: bool = True
+    ) -> None:
         if k < 1:
             raise ValueError("k must be at least 1")
         self._own = Key.from_hex(own_id)
         self._k = k
+        self._exempt_loopback = exempt_loopback
         self._buckets = [_Bucket(last_touched=now) for _ in range(KEY_BITS)]
+        self._ips: Counter[str] = Counter()
+        self._subnets: Counter[str] = Counter()
 
     @property
     def own_id(self) -> str:
@@ -157,7 +181,15 @@ class RoutingTable:
         return bucket_index(self._own, Key.from_hex(node_id))
 
     def _diversity(self, bucket: _Bucket, contact: Contact) -> RejectReason | None:
+        if self._exempt_loopback and _is_loopback(contact.host):
+            return None
         ip, subnet = _address_groups(contact.host)
+        known = bucket.contacts.get(contact.node_id)
+        known_groups = _address_groups(known.host) if known is not None else ("", "")
+        if self._ips[ip] - (known_groups[0] == ip) >= MAX_PER_IP_TABLE:
+            return RejectReason.TABLE_IP_LIMIT
+        if self._subnets[subnet] - (known_groups[1] == subnet) >= MAX_PER_SUBNET_TABLE:
+            return RejectReason.TABLE_SUBNET_LIMIT
         same_ip = same_subnet = 0
         for other in bucket.contacts.values():
             if other.node_id == contact.node_id:
@@ -189,12 +221,12 @@ class RoutingTable:
         bucket.last_touched = now
         if contact.node_id in bucket.contacts:
             # Known node: move to the tail, taking the address it answered from.
-            del bucket.contacts[contact.node_id]
-            bucket.contacts[contact.node_id] = contact
+            self._take(bucket, contact.node_id)
+            self._put(bucket, contact)
             return None
         bucket.replacements.pop(contact.node_id, None)
         if len(bucket.contacts) < self._k:
-            bucket.contacts[contact.node_id] = contact
+            self._put(bucket, contact)
             return None
         bucket.replacements[contact.node_id] = contact
         while len(bucket.replacements) > REPLACEMENT_CACHE_SIZE:
@@ -205,48 +237,93 @@ class RoutingTable:
         bucket.pending_ping = oldest.node_id
         return PingRequest(contact=oldest, bucket=index)
 
-    def ping_result(self, node_id: str, alive: bool, now: float) -> None:
-        """Report the outcome of a `PingRequest` (or of any ping to `node_id`)."""
+    def ping_result(self, node_id: str, alive: bool, now: float) -> Contact | None:
+        """Report the outcome of a `PingRequest` (or of any ping to `node_id`).
+
+        Returns the replacement promoted when a dead contact was dropped.
+        """
         if node_id == self._own.hex:
-            return
+            return None
         index = self._index(node_id)
         bucket = self._buckets[index]
         if bucket.pending_ping == node_id:
             bucket.pending_ping = None
         if node_id not in bucket.contacts:
-            return
+            return None
         if alive:
             bucket.contacts.move_to_end(node_id)
             bucket.last_touched = now
-        else:
-            self._drop(bucket, node_id)
+            return None
+        return self._drop(bucket, node_id)
 
-    def remove(self, node_id: str) -> None:
-        """Forget `node_id` (e.g. it stopped answering) and promote a replacement."""
+    def remove(self, node_id: str) -> Contact | None:
+        """Forget `node_id` (e.g. it stopped answering) and promote a replacement.
+
+        Returns the replacement promoted, if any.
+        """
         if node_id == self._own.hex:
-            return
+            return None
         bucket = self._buckets[self._index(node_id)]
         bucket.replacements.pop(node_id, None)
         if bucket.pending_ping == node_id:
             bucket.pending_ping = None
         if node_id in bucket.contacts:
-            self._drop(bucket, node_id)
+            return self._drop(bucket, node_id)
+        return None
 
-    def _drop(self, bucket: _Bucket, node_id: str) -> None:
-        del bucket.contacts[node_id]
+    def _put(self, bucket: _Bucket, contact: Contact) -> None:
+        bucket.contacts[contact.node_id] = contact
+        ip, subnet = _address_groups(contact.host)
+        self._ips[ip] += 1
+        self._subnets[subnet] += 1
+
+    def _take(self, bucket: _Bucket, node_id: str) -> None:
+        contact = bucket.contacts.pop(node_id)
+        ip, subnet = _address_groups(contact.host)
+        self._ips[ip] -= 1
+        self._subnets[subnet] -= 1
+        if self._ips[ip] <= 0:
+            del self._ips[ip]
+        if self._subnets[subnet] <= 0:
+            del self._subnets[subnet]
+
+    def _drop(self, bucket: _Bucket, node_id: str) -> Contact | None:
+        """Remove `node_id`; return the replacement promoted in its place, if any."""
+        self._take(bucket, node_id)
         # Section 4.1: the most recently seen cached contact replaces it.
         for candidate_id in reversed(bucket.replacements):
             candidate = bucket.replacements[candidate_id]
             if self._diversity(bucket, candidate) is None:
                 del bucket.replacements[candidate_id]
-                bucket.contacts[candidate_id] = candidate
-                return
+                self._put(bucket, candidate)
+                return candidate
+        return None
 
     def closest(self, target: Key, count: int) -> list[Contact]:
-        """The `count` known contacts nearest `target` by XOR, nearest first."""
+        """The `count` known contacts nearest `target` by XOR, nearest first.
+
+        With d = own XOR target, every contact of a bucket whose bit is set
+        in d is nearer than any contact of a bucket whose bit is clear; among
+        the set ones a higher bucket is nearer, among the clear ones a lower
+        one. Walking buckets in that order, whole buckets come out in
+        distance order, so only the first few are read and sorted.
+        """
         if count < 0:
             raise ValueError("count must be non-negative")
-        return sorted(self.contacts(), key=lambda c: distance(c.key, target))[:count]
+        if count == 0:
+            return []
+        d = distance(self._own, target)
+        # Buckets whose range shares target's bit pattern come first (higher
+        # bits of d set), then the rest from nearest to farthest.
+        first = [i for i in range(KEY_BITS - 1, -1, -1) if d >> i & 1]
+        rest = [i for i in range(KEY_BITS) if not d >> i & 1]
+        found: list[Contact] = []
+        for i in first + rest:
+            found.extend(self._buckets[i].contacts.values())
+            if len(found) >= count:
+                break
+        found.sort(key=lambda c: distance(c.key, target))
+        return found[:count]
 
     def touch(self, index: int, now: float) -> None:
         """Mark bucket `index` refreshed, e.g. after a lookup in its range."""

@@ -1,85 +1,128 @@
-"""A seeded, virtual-time network of Kademlia nodes for tests (STYLE.md habit 6).
+"""A seeded, virtual-time network of `DhtNode`s (STYLE.md habit 6).
 
-Every node is a `RoutingTable` plus the lookups it is running; messages are
-delivered after a latency drawn from one seeded `random.Random`, in virtual
-time, through one event queue. Nothing sleeps and nothing binds a port, so a
-run is fast and fully determined by its seed: `trace_digest()` hashes the
-sequence of delivered events and two runs with one seed give one digest.
+Each simulated node is the real sans-I/O `DhtNode`; the simulator is only its
+transport: it carries requests and responses after a latency drawn from one
+seeded `random.Random`, drops messages with probability `loss`, lets a
+request to a dead (or non-existent) node time out after `rpc_timeout`, and
+fires node timers, all in virtual time through one event queue. Nothing
+sleeps and nothing binds a port, so a run is fast and fully determined by its
+seed: `trace_digest()` hashes every delivered event, and two runs with one
+seed give one digest.
 
-The protocol follows the paper: a joining node knows one bootstrap contact and
-looks up its own id (section 2.3). A node receiving a request from a contact
-it does not know pings it back and only adds it once the pong arrives (only
-contacts that answered enter a table; see `routing`). Full buckets trigger the
-ping-before-evict exchange (section 2.2), answered over the network too.
+Adversarial nodes answer lookups with made-up contacts near the target
+(which never answer, like an eclipse attempt with unreachable addresses) and
+never return a record or provider, but claim to store everything.
+
+Peer records are really signed (Ed25519) and checked; their payload uses
+`JsonRecordCodec`, the simulator's stand-in for the daemon's protobuf codec.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 from plasm_grpc.core.dht.keys import Key
-from plasm_grpc.core.dht.lookup import ALPHA, Lookup
-from plasm_grpc.core.dht.routing import Contact, K, PingRequest, RoutingTable
-from plasm_grpc.core.ids import node_id_from_public_key
+from plasm_grpc.core.dht.messages import (
+    FindNode,
+    GetProviders,
+    GetRecord,
+    Nodes,
+    Ping,
+    Pong,
+    ProvidersReply,
+    RecordReply,
+    Request,
+    Response,
+    StoreReply,
+)
+from plasm_grpc.core.dht.node import DhtNode, DhtSettings, Event, OperationFinished
+from plasm_grpc.core.dht.records import (
+    Capabilities,
+    RecordContent,
+    RecordError,
+)
+from plasm_grpc.core.dht.routing import Contact
+from plasm_grpc.core.keys import NodeKey
+from plasm_grpc.core.limits import ResourceLimits
 
 PORT: Final = 4000
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FindNode:
-    rpc: int
-    sender: Contact
-    target: Key
+class JsonRecordCodec:
+    """Record payloads as canonical JSON (the simulator has no protobuf)."""
 
+    def encode(self, content: RecordContent) -> bytes:
+        return json.dumps(dataclasses.asdict(content), sort_keys=True).encode()
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Nodes:
-    rpc: int
-    sender: Contact
-    contacts: tuple[Contact, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ping:
-    rpc: int
-    sender: Contact
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Pong:
-    rpc: int
-    sender: Contact
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Timeout:
-    rpc: int
-
-
-Message = FindNode | Nodes | Ping | Pong
-Event = Message | Timeout
-
-
-@dataclass(slots=True)
-class _Pending:
-    """An outstanding request: what to do when it is answered or times out."""
-
-    peer: Contact
-    lookup: Lookup | None = None
-    evict_check: bool = False
+    def decode(self, payload: bytes) -> RecordContent:
+        try:
+            raw = json.loads(payload)
+            caps = raw["capabilities"]
+            return RecordContent(
+                addresses=tuple(raw["addresses"]),
+                capabilities=Capabilities(
+                    **{**caps, "max_limits": ResourceLimits(**caps["max_limits"])}
+                ),
+                seq=raw["seq"],
+                created_at=raw["created_at"],
+                expires_at=raw["expires_at"],
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise RecordError(f"not a record: {err}") from err
 
 
 @dataclass(slots=True)
 class SimNode:
-    contact: Contact
-    table: RoutingTable
+    dht: DhtNode
+    key: NodeKey
     alive: bool = True
-    pending: dict[int, _Pending] = field(default_factory=dict)
+    adversary: bool = False
+    results: dict[int, OperationFinished] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def contact(self) -> Contact:
+        return self.dht.contact
+
+    @property
+    def node_id(self) -> str:
+        return self.dht.node_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Deliver:
+    src: str
+    dest: str
+    rpc: int
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    dest: str
+    rpc: int
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class _Timeout:
+    dest: str
+    rpc: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Timer:
+    dest: str
+
+
+_SimEvent = _Deliver | _Reply | _Timeout | _Timer
 
 
 class SimNetwork:
@@ -87,158 +130,197 @@ class SimNetwork:
         self,
         seed: int,
         *,
-        k: int = K,
-        alpha: int = ALPHA,
+        settings: DhtSettings | None = None,
         latency: tuple[float, float] = (0.01, 0.1),
-        timeout: float = 1.0,
+        loss: float = 0.0,
+        rpc_timeout: float = 1.0,
+        timers: bool = False,
+        keep_events: bool = False,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)  # noqa: S311 - simulation, reproducible by design
-        self.now = 0.0
-        self.k = k
-        self.alpha = alpha
+        self.now = 1_700_000_000.0  # virtual Unix time: records carry absolute expiry
+        self.settings = settings or DhtSettings(learn_peer_records=False)
         self.latency = latency
-        self.timeout = timeout
+        self.loss = loss
+        self.rpc_timeout = rpc_timeout
+        self.timers = timers
+        self.keep_events = keep_events
+        self.codec = JsonRecordCodec()
         self.nodes: dict[str, SimNode] = {}
-        self._queue: list[tuple[float, int, str, Event]] = []
+        self._queue: list[tuple[float, int, _SimEvent]] = []
+        self._pending: set[tuple[str, int]] = set()
         self._seq = 0
-        self._rpc = 0
         self._trace = hashlib.sha256()
         self.delivered = 0
+        self.messages = 0
 
-    # -- nodes -------------------------------------------------------------
+    # -- nodes ---------------------------------------------------------------------------
 
-    def add_node(self) -> SimNode:
-        """A fresh node with a random id and a random 10.0.0.0/8 address."""
-        node_id = node_id_from_public_key(self.rng.randbytes(32))
+    def add_node(self, *, adversary: bool = False) -> SimNode:
+        """A node with a fresh key and a random 10.0.0.0/8 address."""
+        key = NodeKey.from_seed(self.rng.randbytes(32))
         host = f"10.{self.rng.randrange(256)}.{self.rng.randrange(256)}.{self.rng.randrange(256)}"
-        contact = Contact(node_id=node_id, host=host, port=PORT)
-        node = SimNode(contact=contact, table=RoutingTable(node_id, k=self.k, now=self.now))
-        self.nodes[node_id] = node
+        dht = DhtNode(
+            Contact(node_id=key.node_id, host=host, port=PORT),
+            key=key,
+            codec=self.codec,
+            randbytes=self.rng.randbytes,
+            now=self.now,
+            settings=self.settings,
+        )
+        node = SimNode(dht=dht, key=key, adversary=adversary)
+        self.nodes[key.node_id] = node
+        if self.timers:
+            self._schedule(dht.get_timer() - self.now, _Timer(dest=key.node_id))
         return node
 
     def live_ids(self) -> list[str]:
         return [n for n, node in self.nodes.items() if node.alive]
 
+    def honest_live_ids(self) -> list[str]:
+        return [n for n, node in self.nodes.items() if node.alive and not node.adversary]
+
     def kill(self, node_id: str) -> None:
+        """The node stops answering, silently (no goodbye)."""
         self.nodes[node_id].alive = False
 
-    def join(self, node: SimNode, bootstrap: Contact | None) -> Lookup | None:
-        """Join through `bootstrap` by looking up the node's own id."""
-        if bootstrap is None:
-            return None
-        return self.start_lookup(node, node.contact.key, seeds=[bootstrap])
+    def join(self, node: SimNode, bootstrap: Contact) -> int:
+        """Join through `bootstrap` with the protocol itself (section 2.3)."""
+        op = node.dht.bootstrap([bootstrap], self.now)
+        self._pump(node)
+        return op
 
-    def start_lookup(
-        self, node: SimNode, target: Key, seeds: list[Contact] | None = None
-    ) -> Lookup:
-        if seeds is None:
-            seeds = node.table.closest(target, self.k)
-        lookup = Lookup(
-            target,
-            seeds,
-            k=self.k,
-            alpha=self.alpha,
-            timeout=self.timeout,
-            exclude=[node.contact.node_id],
-        )
-        node.table.touch_key(target, self.now)
-        self._pump_lookup(node, lookup)
-        return lookup
+    def call(self, node: SimNode, start: Callable[[DhtNode, float], int]) -> int:
+        """Start an operation on `node`, e.g. `lambda d, now: d.find_node(key, now)`."""
+        op = start(node.dht, self.now)
+        self._pump(node)
+        return op
+
+    def advertise(self, node: SimNode, capabilities: Capabilities) -> list[int]:
+        ops = node.dht.advertise([f"{node.contact.host}:{PORT}"], capabilities, self.now)
+        self._pump(node)
+        return ops
 
     def oracle(self, target: Key, count: int, exclude: str | None = None) -> list[str]:
-        """Brute force: the `count` live ids nearest `target`."""
-        ids = [n for n in self.live_ids() if n != exclude]
+        """Brute force: the `count` live honest ids nearest `target`."""
+        ids = [n for n in self.honest_live_ids() if n != exclude]
         return sorted(ids, key=lambda n: int(n, 16) ^ target.value)[:count]
 
-    # -- event loop ----------------------------------------------------------
+    # -- the event loop ------------------------------------------------------------------
 
-    def _schedule(self, delay: float, dest: str, event: Event) -> None:
+    def _schedule(self, delay: float, event: _SimEvent) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, (self.now + delay, self._seq, dest, event))
+        heapq.heappush(self._queue, (self.now + max(0.0, delay), self._seq, event))
 
-    def _send(self, src: SimNode, dest: Contact, message: Message) -> None:
-        self._schedule(self.rng.uniform(*self.latency), dest.node_id, message)
-
-    def _request(self, src: SimNode, dest: Contact, message: Message, pending: _Pending) -> None:
-        src.pending[message.rpc] = pending
-        self._send(src, dest, message)
-        self._schedule(self.timeout, src.contact.node_id, Timeout(rpc=message.rpc))
-
-    def _next_rpc(self) -> int:
-        self._rpc += 1
-        return self._rpc
-
-    def run(self, until: Callable[[], bool] | None = None, max_events: int = 10_000_000) -> None:
-        """Deliver events in time order until the queue is empty or `until()`."""
+    def run(self, until: Callable[[], bool] | None = None, max_events: int = 50_000_000) -> None:
+        """Deliver events in time order until only timers remain, or `until()`."""
         for _ in range(max_events):
-            if not self._queue or (until is not None and until()):
+            if until is not None and until():
                 return
-            when, seq, dest, event = heapq.heappop(self._queue)
+            if not self._queue or (not self._pending and self._only_timers()):
+                return
+            when, seq, event = heapq.heappop(self._queue)
             self.now = when
-            self._trace.update(f"{when:.9f}|{seq}|{dest}|{event!r}\n".encode())
             self.delivered += 1
-            node = self.nodes[dest]
-            if node.alive:
-                self._deliver(node, event)
+            self._trace.update(f"{when:.6f}|{seq}|{event!r}\n".encode())
+            self._deliver(event)
         raise RuntimeError(f"seed {self.seed}: event budget exhausted")
+
+    def run_for(self, seconds: float) -> None:
+        """Advance virtual time by `seconds`, timers included."""
+        end = self.now + seconds
+        for _ in range(50_000_000):
+            if not self._queue or self._queue[0][0] > end:
+                self.now = end
+                return
+            when, seq, event = heapq.heappop(self._queue)
+            self.now = when
+            self.delivered += 1
+            self._trace.update(f"{when:.6f}|{seq}|{event!r}\n".encode())
+            self._deliver(event)
+        raise RuntimeError(f"seed {self.seed}: event budget exhausted")
+
+    def _only_timers(self) -> bool:
+        return all(isinstance(e, _Timer) for _, _, e in self._queue)
 
     def trace_digest(self) -> str:
         return self._trace.copy().hexdigest()
 
-    def _deliver(self, node: SimNode, event: Event) -> None:
+    def _deliver(self, event: _SimEvent) -> None:
         match event:
-            case FindNode(rpc=rpc, sender=sender, target=target):
-                closer = tuple(node.table.closest(target, self.k))
-                self._send(node, sender, Nodes(rpc=rpc, sender=node.contact, contacts=closer))
-                self._learn_requester(node, sender)
-            case Ping(rpc=rpc, sender=sender):
-                # No ping back: two nodes that cannot fit each other would
-                # otherwise ping each other forever.
-                self._send(node, sender, Pong(rpc=rpc, sender=node.contact))
-            case Nodes(rpc=rpc, sender=sender, contacts=contacts):
-                pending = node.pending.pop(rpc, None)
-                if pending is None:
-                    return
-                self._answered(node, sender)
-                if pending.lookup is not None:
-                    pending.lookup.on_response(sender, contacts, self.now)
-                    self._pump_lookup(node, pending.lookup)
-            case Pong(rpc=rpc, sender=sender):
-                pending = node.pending.pop(rpc, None)
-                if pending is None:
-                    return
-                if pending.evict_check:
-                    node.table.ping_result(sender.node_id, alive=True, now=self.now)
+            case _Deliver(src=src, dest=dest, rpc=rpc, request=request):
+                node = self.nodes.get(dest)
+                if node is None or not node.alive:
+                    return  # the requester's timeout fires
+                sender = self.nodes[src].contact
+                if node.adversary:
+                    response = self._lie(request)
                 else:
-                    self._answered(node, sender)
-            case Timeout(rpc=rpc):
-                pending = node.pending.pop(rpc, None)
-                if pending is None:
+                    response = node.dht.handle_request(sender, request, self.now)
+                    self._pump(node)
+                if self.rng.random() >= self.loss:
+                    self._schedule(self._latency(), _Reply(dest=src, rpc=rpc, response=response))
+            case _Reply(dest=dest, rpc=rpc, response=response):
+                if (dest, rpc) not in self._pending:
                     return
-                if pending.evict_check:
-                    node.table.ping_result(pending.peer.node_id, alive=False, now=self.now)
-                else:
-                    node.table.remove(pending.peer.node_id)
-                if pending.lookup is not None:
-                    pending.lookup.on_timer(self.now)
-                    self._pump_lookup(node, pending.lookup)
+                self._pending.discard((dest, rpc))
+                node = self.nodes[dest]
+                if node.alive:
+                    node.dht.handle_response(rpc, response, self.now)
+                    self._pump(node)
+            case _Timeout(dest=dest, rpc=rpc):
+                if (dest, rpc) not in self._pending:
+                    return
+                self._pending.discard((dest, rpc))
+                node = self.nodes[dest]
+                if node.alive:
+                    node.dht.handle_failure(rpc, self.now)
+                    self._pump(node)
+            case _Timer(dest=dest):
+                node = self.nodes[dest]
+                if node.alive:
+                    node.dht.handle_timer(self.now)
+                    self._pump(node)
+                    self._schedule(node.dht.get_timer() - self.now, _Timer(dest=dest))
 
-    def _answered(self, node: SimNode, sender: Contact) -> None:
-        outcome = node.table.observe(sender, self.now)
-        if isinstance(outcome, PingRequest):
-            ping = Ping(rpc=self._next_rpc(), sender=node.contact)
-            self._request(node, outcome.contact, ping, _Pending(outcome.contact, evict_check=True))
+    def _latency(self) -> float:
+        return self.rng.uniform(*self.latency)
 
-    def _learn_requester(self, node: SimNode, sender: Contact) -> None:
-        if sender.node_id in node.table or sender.node_id == node.contact.node_id:
-            return
-        if any(p.peer.node_id == sender.node_id for p in node.pending.values()):
-            return
-        ping = Ping(rpc=self._next_rpc(), sender=node.contact)
-        self._request(node, sender, ping, _Pending(sender))
+    def _pump(self, node: SimNode) -> None:
+        for out in node.dht.requests_to_send():
+            self.messages += 1
+            self._pending.add((node.node_id, out.rpc))
+            if self.rng.random() >= self.loss:
+                self._schedule(
+                    self._latency(),
+                    _Deliver(
+                        src=node.node_id, dest=out.contact.node_id, rpc=out.rpc, request=out.request
+                    ),
+                )
+            self._schedule(self.rpc_timeout, _Timeout(dest=node.node_id, rpc=out.rpc))
+        while (event := node.dht.next_event()) is not None:
+            if isinstance(event, OperationFinished):
+                node.results[event.operation] = event
+            elif self.keep_events:
+                node.events.append(event)
 
-    def _pump_lookup(self, node: SimNode, lookup: Lookup) -> None:
-        for peer in lookup.next_queries(self.now):
-            request = FindNode(rpc=self._next_rpc(), sender=node.contact, target=lookup.target)
-            self._request(node, peer, request, _Pending(peer, lookup=lookup))
+    def _lie(self, request: Request) -> Response:
+        """An adversary's answer: unreachable made-up contacts close to the target."""
+        match request:
+            case Ping():
+                return Pong()
+            case FindNode(target=key) | GetRecord(key=key) | GetProviders(key=key):
+                fakes = tuple(self._fake_near(key) for _ in range(self.settings.k))
+                if isinstance(request, GetRecord):
+                    return RecordReply(record=None, closer=fakes)
+                if isinstance(request, GetProviders):
+                    return ProvidersReply(providers=(), closer=fakes)
+                return Nodes(closer=fakes)
+            case _:
+                return StoreReply(stored=True)  # a lie: nothing is kept
+
+    def _fake_near(self, key: Key) -> Contact:
+        node_id = f"{key.value ^ self.rng.getrandbits(200):064x}"
+        host = f"10.{self.rng.randrange(256)}.{self.rng.randrange(256)}.{self.rng.randrange(256)}"
+        return Contact(node_id=node_id, host=host, port=PORT)

@@ -1,0 +1,853 @@
+"""One Kademlia node as a sans-I/O state machine (the paper's sections 2.3-2.5).
+
+`DhtNode` owns a routing table, the records and provider entries it holds,
+its own signed peer record and the operations (lookups, stores) it runs. Like
+aioquic's `QuicConnection` it has three kinds of input and pulled output:
+
+- API calls: `bootstrap`, `find_node`, `get_record`, `get_providers`,
+  `advertise`, each taking `now` and returning an operation id;
+- `handle_request(sender, request, now)` for an RPC a peer sent (answered at
+  once, synchronously), `handle_response(rpc, response, now)` and
+  `handle_failure(rpc, now)` for the RPCs this node sent, and
+  `handle_timer(now)` at or after `get_timer()`;
+- output: `requests_to_send()` (each must be answered by exactly one
+  `handle_response` or `handle_failure`: the transport owns RPC timeouts) and
+  `next_event()` (peers added and evicted, operations finished, records stored
+  and rejected, rate limiting), for logs and callers.
+
+`now` is Unix time in seconds (records carry absolute expiry times) and
+randomness comes from the `randbytes` callable given at construction.
+
+Defences (issue 4): only contacts that answered this node enter its table
+(a requester is pinged back first); address diversity limits (see
+`routing`); per-peer token buckets on inbound RPCs; every record is checked
+by `records.open_record` before it is stored or used, a record or provider
+entry can only be stored by the node it describes, and the newest sequence
+number wins; stores are capped in count.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from plasm_grpc.core.dht.keys import KEY_BYTES, Key, distance
+from plasm_grpc.core.dht.lookup import ALPHA, Lookup
+from plasm_grpc.core.dht.messages import (
+    MAX_CONTACTS,
+    MAX_PROVIDERS_PER_REPLY,
+    AddProvider,
+    FindNode,
+    GetProviders,
+    GetRecord,
+    Nodes,
+    Ping,
+    Pong,
+    ProvidersReply,
+    PutRecord,
+    RecordReply,
+    Refused,
+    Request,
+    Response,
+    StoreReply,
+)
+from plasm_grpc.core.dht.ratelimit import RateLimiter
+from plasm_grpc.core.dht.records import (
+    Capabilities,
+    PeerRecord,
+    RecordCodec,
+    RecordContent,
+    RecordRejectedError,
+    RecordRejectReason,
+    class_key,
+    make_record,
+    open_record,
+    provider_keys,
+)
+from plasm_grpc.core.dht.routing import Contact, K, PingRequest, Rejected, RoutingTable
+from plasm_grpc.core.envelope import SignedEnvelope
+from plasm_grpc.core.keys import NodeKey
+
+_LEARN_PING_BACKOFF: Final = 60.0
+"""Seconds before an unknown requester is pinged back again."""
+_MAX_LEARN_PINGS: Final = 64
+"""Most ping-backs to unknown requesters in flight at once."""
+_MAX_PEER_RECORDS: Final = 4096
+"""Most peer records remembered for peers (from pings and lookups)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DhtSettings:
+    k: int = K
+    alpha: int = ALPHA
+    record_ttl: float = 2 * 3600.0
+    """Lifetime of this node's own record when it signs one."""
+    republish_interval: float = 1800.0
+    """How often the own record and provider entries are stored again."""
+    refresh_interval: float = 3600.0
+    """A bucket with no lookup or answer for this long is refreshed (section 2.3)."""
+    maintenance_interval: float = 60.0
+    """How often expiry, refresh and republish are checked."""
+    get_quorum: int = 2
+    """A record lookup stops after this many holders answered with a record."""
+    providers_wanted: int = 20
+    """A provider lookup stops after collecting this many distinct providers."""
+    max_records: int = 4096
+    max_providers_per_key: int = 64
+    max_provider_entries: int = 16384
+    rate: float = 50.0
+    """Inbound RPCs per second allowed per peer, after `burst`."""
+    burst: int = 100
+    learn_peer_records: bool = True
+    """Ping new table entries once to learn their peer records (capabilities)."""
+    exempt_loopback: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.alpha < 1 or self.get_quorum < 1 or self.providers_wanted < 1:
+            raise ValueError("k, alpha, get_quorum and providers_wanted must be positive")
+        if min(self.record_ttl, self.republish_interval, self.refresh_interval) <= 0:
+            raise ValueError("intervals must be positive")
+        if self.republish_interval >= self.record_ttl:
+            raise ValueError("republish_interval must be shorter than record_ttl")
+        if min(self.max_records, self.max_providers_per_key, self.max_provider_entries) < 1:
+            raise ValueError("store limits must be positive")
+
+
+class OperationKind(enum.Enum):
+    BOOTSTRAP = "bootstrap"
+    FIND_NODE = "find_node"
+    GET_RECORD = "get_record"
+    GET_PROVIDERS = "get_providers"
+    PUT_RECORD = "put_record"
+    ADD_PROVIDER = "add_provider"
+    REFRESH = "refresh"
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerAdded:
+    contact: Contact
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerEvicted:
+    contact: Contact
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerRejected:
+    contact: Contact
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperationFinished:
+    operation: int
+    kind: OperationKind
+    target: Key
+    started: float
+    finished: float
+    hops: int
+    rpcs: int
+    failed_rpcs: int
+    closest: tuple[Contact, ...]
+    record: PeerRecord | None = None
+    providers: tuple[PeerRecord, ...] = ()
+    stored: int = 0
+    """PUT_RECORD / ADD_PROVIDER: how many nodes acknowledged the store."""
+
+    @property
+    def duration(self) -> float:
+        return self.finished - self.started
+
+    @property
+    def found(self) -> bool:
+        if self.kind is OperationKind.GET_RECORD:
+            return self.record is not None
+        if self.kind is OperationKind.GET_PROVIDERS:
+            return bool(self.providers)
+        if self.kind in (OperationKind.PUT_RECORD, OperationKind.ADD_PROVIDER):
+            return self.stored > 0
+        return bool(self.closest)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordStored:
+    key: Key
+    node_id: str
+    seq: int
+    provider: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordRejectedEvent:
+    sender: str
+    reason: RecordRejectReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimited:
+    peer: str
+    refused: int
+    """Requests refused to this peer so far (reported at 1, 100, 200, ...)."""
+
+
+Event = (
+    PeerAdded
+    | PeerEvicted
+    | PeerRejected
+    | OperationFinished
+    | RecordStored
+    | RecordRejectedEvent
+    | RateLimited
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutgoingRequest:
+    rpc: int
+    contact: Contact
+    request: Request
+
+
+# -- internal state ----------------------------------------------------------------------
+
+
+class _Purpose(enum.Enum):
+    LOOKUP = "lookup"
+    STORE = "store"
+    EVICT_CHECK = "evict_check"
+    LEARN = "learn"
+    """Ping an unknown requester, or a new contact for its record."""
+
+
+@dataclass(slots=True)
+class _Rpc:
+    contact: Contact
+    purpose: _Purpose
+    operation: int = 0
+
+
+@dataclass(slots=True)
+class _Operation:
+    id: int
+    kind: OperationKind
+    target: Key
+    lookup: Lookup
+    started: float
+    store: Request | None = None
+    storing: int = 0
+    """Store RPCs in flight (phase 2 of PUT_RECORD / ADD_PROVIDER)."""
+    stored: int = 0
+    record: PeerRecord | None = None
+    holders: int = 0
+    providers: dict[str, PeerRecord] = field(default_factory=dict)
+    failed: int = 0
+    rpcs: int = 0
+
+
+class DhtNode:
+    def __init__(
+        self,
+        contact: Contact,
+        *,
+        key: NodeKey | None,
+        codec: RecordCodec,
+        randbytes: Callable[[int], bytes],
+        now: float,
+        settings: DhtSettings | None = None,
+    ) -> None:
+        if key is not None and key.node_id != contact.node_id:
+            raise ValueError("the contact's node id is not the key's")
+        self.contact = contact
+        self.settings = settings or DhtSettings()
+        self._key = key
+        self._codec = codec
+        self._randbytes = randbytes
+        self.table = RoutingTable(
+            contact.node_id,
+            k=self.settings.k,
+            now=now,
+            exempt_loopback=self.settings.exempt_loopback,
+        )
+        self._limiter = RateLimiter(rate=self.settings.rate, burst=self.settings.burst)
+        self._records: dict[str, PeerRecord] = {}
+        self._providers: dict[Key, dict[str, PeerRecord]] = {}
+        self._provider_count = 0
+        self._peer_records: OrderedDict[str, PeerRecord] = OrderedDict()
+        self._own: PeerRecord | None = None
+        self._own_content: tuple[tuple[str, ...], Capabilities] | None = None
+        self._next_republish: float | None = None
+        self._next_maintenance = now + self.settings.maintenance_interval
+        self._rpcs: dict[int, _Rpc] = {}
+        self._operations: dict[int, _Operation] = {}
+        self._outbox: list[OutgoingRequest] = []
+        self._events: deque[Event] = deque()
+        self._learning: dict[str, float] = {}
+        self._next_rpc = 0
+        self._next_operation = 0
+        self._expiries: list[tuple[float, int, Key | None, str]] = []
+        self._expiry_seq = 0
+
+    # -- API -----------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.contact.node_id
+
+    @property
+    def own_record(self) -> PeerRecord | None:
+        return self._own
+
+    def peer_record(self, node_id: str) -> PeerRecord | None:
+        """The newest record known for `node_id` (from its pings, lookups or stores)."""
+        return self._peer_records.get(node_id) or self._records.get(node_id)
+
+    def stored_records(self) -> int:
+        return len(self._records)
+
+    def stored_providers(self) -> int:
+        return self._provider_count
+
+    def operations_running(self) -> int:
+        return len(self._operations)
+
+    def bootstrap(self, seeds: Iterable[Contact], now: float) -> int:
+        """Join through `seeds` by looking up our own id (section 2.3).
+
+        Seeds enter the table only once they answer. Returns the operation id.
+        """
+        return self._start(OperationKind.BOOTSTRAP, self.contact.key, now, seeds=list(seeds))
+
+    def find_node(self, target: Key, now: float) -> int:
+        return self._start(OperationKind.FIND_NODE, target, now)
+
+    def get_record(self, node_id: str, now: float) -> int:
+        return self._start(OperationKind.GET_RECORD, Key.from_hex(node_id), now)
+
+    def get_providers(self, key: Key, now: float) -> int:
+        return self._start(OperationKind.GET_PROVIDERS, key, now)
+
+    def advertise(
+        self, addresses: Iterable[str], capabilities: Capabilities, now: float
+    ) -> list[int]:
+        """Sign a new own record and store it, and provider entries, in the DHT.
+
+        The record is re-signed and stored again every `republish_interval`.
+        Returns the operation ids started.
+        """
+        if self._key is None:
+            raise ValueError("a node without a key cannot advertise")
+        self._own_content = (tuple(addresses), capabilities)
+        return self._publish(now)
+
+    def _publish(self, now: float) -> list[int]:
+        assert self._key is not None
+        assert self._own_content is not None
+        addresses, capabilities = self._own_content
+        # Milliseconds since the epoch, strictly increasing: a restarted node
+        # needs no saved counter to outrank its previous records.
+        seq = max(int(now * 1000), self._own.seq + 1 if self._own else 0)
+        content = RecordContent(
+            addresses=addresses,
+            capabilities=capabilities,
+            seq=seq,
+            created_at=now,
+            expires_at=now + self.settings.record_ttl,
+        )
+        self._own = make_record(self._key, content, self._codec)
+        self._next_republish = now + self.settings.republish_interval
+        ops = [
+            self._start(
+                OperationKind.PUT_RECORD,
+                self.contact.key,
+                now,
+                store=PutRecord(record=self._own.envelope),
+            )
+        ]
+        for key in provider_keys(capabilities):
+            ops.append(
+                self._start(
+                    OperationKind.ADD_PROVIDER,
+                    key,
+                    now,
+                    store=AddProvider(key=key, record=self._own.envelope),
+                )
+            )
+        return ops
+
+    # -- inbound requests ----------------------------------------------------------------
+
+    def handle_request(self, sender: Contact, request: Request, now: float) -> Response:
+        """Answer an RPC from `sender`, whose node id the transport authenticated."""
+        if not self._limiter.allow(sender.node_id, now):
+            refused = self._limiter.refused(sender.node_id)
+            if refused == 1 or refused % 100 == 0:  # the first, then every hundredth
+                self._events.append(RateLimited(peer=sender.node_id, refused=refused))
+            return Refused(reason="rate limited")
+        self._learn_requester(sender, now)
+        match request:
+            case Ping():
+                return Pong(record=self._own.envelope if self._own else None)
+            case FindNode(target=target):
+                return Nodes(closer=self._closer(target, sender))
+            case GetRecord(key=key):
+                record = self._records.get(key.hex)
+                if record is not None and record.content.expires_at <= now:
+                    record = None
+                if record is None and key.hex == self.node_id and self._own is not None:
+                    record = self._own
+                return RecordReply(
+                    record=record.envelope if record else None, closer=self._closer(key, sender)
+                )
+            case GetProviders(key=key):
+                held = [
+                    r for r in self._providers.get(key, {}).values() if r.content.expires_at > now
+                ]
+                held.sort(key=lambda r: -r.content.expires_at)
+                return ProvidersReply(
+                    providers=tuple(r.envelope for r in held[:MAX_PROVIDERS_PER_REPLY]),
+                    closer=self._closer(key, sender),
+                )
+            case PutRecord(record=envelope):
+                return self._store_record(sender, envelope, now)
+            case AddProvider(key=key, record=envelope):
+                return self._add_provider(sender, key, envelope, now)
+
+    def _closer(self, target: Key, sender: Contact) -> tuple[Contact, ...]:
+        contacts = self.table.closest(target, self.settings.k + 1)
+        return tuple(c for c in contacts if c.node_id != sender.node_id)[: self.settings.k]
+
+    def _learn_requester(self, sender: Contact, now: float) -> None:
+        """Ping an unknown requester; it enters the table only if it answers."""
+        if sender.node_id in self.table or sender.node_id == self.node_id:
+            return
+        if now - self._learning.get(sender.node_id, -_LEARN_PING_BACKOFF) < _LEARN_PING_BACKOFF:
+            return
+        if sum(r.purpose is _Purpose.LEARN for r in self._rpcs.values()) >= _MAX_LEARN_PINGS:
+            return
+        self._learning[sender.node_id] = now
+        if len(self._learning) > 4 * _MAX_LEARN_PINGS:
+            cutoff = now - _LEARN_PING_BACKOFF
+            self._learning = {n: t for n, t in self._learning.items() if t > cutoff}
+        self._send(sender, Ping(), _Purpose.LEARN)
+
+    def _reject(self, sender: str, err: RecordRejectedError) -> StoreReply:
+        self._events.append(
+            RecordRejectedEvent(sender=sender, reason=err.reason, detail=err.detail)
+        )
+        return StoreReply(stored=False, reason=str(err))
+
+    def _store_record(self, sender: Contact, envelope: SignedEnvelope, now: float) -> StoreReply:
+        held = self._records.get(sender.node_id)  # a record is stored only by its own node
+        try:
+            record = open_record(envelope, codec=self._codec, now=now, sender=sender.node_id)
+            if held is not None and held.content.expires_at > now:
+                _check_newer(held, record)
+            if held is None and len(self._records) >= self.settings.max_records:
+                raise RecordRejectedError(
+                    RecordRejectReason.STORE_FULL, f"{len(self._records)} records held"
+                )
+        except RecordRejectedError as err:
+            if held is not None and held.envelope == envelope:
+                return StoreReply(stored=True)  # the same record again: a republish
+            return self._reject(sender.node_id, err)
+        self._records[record.node_id] = record
+        self._remember(record)
+        self._expire_at(record.content.expires_at, None, record.node_id)
+        self._events.append(
+            RecordStored(key=record.key, node_id=record.node_id, seq=record.seq, provider=False)
+        )
+        return StoreReply(stored=True)
+
+    def _add_provider(
+        self, sender: Contact, key: Key, envelope: SignedEnvelope, now: float
+    ) -> StoreReply:
+        entries = self._providers.get(key, {})
+        held = entries.get(sender.node_id)
+        try:
+            record = open_record(envelope, codec=self._codec, now=now, sender=sender.node_id)
+            if key not in provider_keys(record.capabilities):
+                raise RecordRejectedError(
+                    RecordRejectReason.NOT_A_PROVIDER,
+                    f"the record's capabilities do not qualify for key {key.hex[:16]}",
+                )
+            if held is not None and held.content.expires_at > now:
+                _check_newer(held, record)
+            if held is None:
+                if self._provider_count >= self.settings.max_provider_entries:
+                    raise RecordRejectedError(
+                        RecordRejectReason.STORE_FULL, f"{self._provider_count} provider entries"
+                    )
+                if len(entries) >= self.settings.max_providers_per_key:
+                    # Keep the entries that live longest: drop the soonest to expire.
+                    soonest = min(entries.values(), key=lambda r: r.content.expires_at)
+                    if soonest.content.expires_at >= record.content.expires_at:
+                        raise RecordRejectedError(
+                            RecordRejectReason.STORE_FULL, f"{len(entries)} providers for this key"
+                        )
+                    del entries[soonest.node_id]
+                    self._provider_count -= 1
+        except RecordRejectedError as err:
+            if held is not None and held.envelope == envelope:
+                return StoreReply(stored=True)  # the same record again: a republish
+            return self._reject(sender.node_id, err)
+        if held is None:
+            self._provider_count += 1
+        self._providers.setdefault(key, entries)[record.node_id] = record
+        self._remember(record)
+        self._expire_at(record.content.expires_at, key, record.node_id)
+        self._events.append(
+            RecordStored(key=key, node_id=record.node_id, seq=record.seq, provider=True)
+        )
+        return StoreReply(stored=True)
+
+    def _remember(self, record: PeerRecord) -> None:
+        held = self._peer_records.get(record.node_id)
+        if held is not None and held.seq >= record.seq:
+            return
+        self._peer_records[record.node_id] = record
+        self._peer_records.move_to_end(record.node_id)
+        while len(self._peer_records) > _MAX_PEER_RECORDS:
+            self._peer_records.popitem(last=False)
+
+    # -- outbound RPCs -------------------------------------------------------------------
+
+    def requests_to_send(self) -> list[OutgoingRequest]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def _send(
+        self, contact: Contact, request: Request, purpose: _Purpose, operation: int = 0
+    ) -> None:
+        self._next_rpc += 1
+        self._rpcs[self._next_rpc] = _Rpc(contact=contact, purpose=purpose, operation=operation)
+        self._outbox.append(OutgoingRequest(rpc=self._next_rpc, contact=contact, request=request))
+
+    def handle_response(self, rpc: int, response: Response, now: float) -> None:
+        pending = self._rpcs.pop(rpc, None)
+        if pending is None:
+            return
+        if isinstance(response, Refused):
+            self._failed(pending, now, evict=False)
+            return
+        contact = pending.contact
+        if pending.purpose is _Purpose.EVICT_CHECK:
+            promoted = self.table.ping_result(contact.node_id, alive=True, now=now)
+            assert promoted is None
+        else:
+            self._answered(contact, now)
+        if isinstance(response, Pong) and response.record is not None:
+            try:
+                record = open_record(
+                    response.record, codec=self._codec, now=now, sender=contact.node_id
+                )
+            except RecordRejectedError as err:
+                self._events.append(
+                    RecordRejectedEvent(
+                        sender=contact.node_id, reason=err.reason, detail=err.detail
+                    )
+                )
+            else:
+                self._remember(record)
+        operation = self._operations.get(pending.operation)
+        if operation is None:
+            return
+        if pending.purpose is _Purpose.STORE:
+            operation.storing -= 1
+            if isinstance(response, StoreReply) and response.stored:
+                operation.stored += 1
+            self._advance(operation, now)
+            return
+        closer: tuple[Contact, ...] = ()
+        match response:
+            case Nodes(closer=closer):
+                pass
+            case RecordReply(record=envelope, closer=closer):
+                if envelope is not None:
+                    self._take_record(operation, contact, envelope, now)
+            case ProvidersReply(providers=envelopes, closer=closer):
+                for envelope in envelopes[:MAX_PROVIDERS_PER_REPLY]:
+                    self._take_provider(operation, contact, envelope, now)
+            case _:
+                pass  # a reply of the wrong type answers nothing useful
+        operation.lookup.on_response(contact, closer[:MAX_CONTACTS], now)
+        self._advance(operation, now)
+
+    def handle_failure(self, rpc: int, now: float) -> None:
+        """The transport gave up on `rpc` (timeout, refused connection, error)."""
+        pending = self._rpcs.pop(rpc, None)
+        if pending is not None:
+            self._failed(pending, now, evict=True)
+
+    def _failed(self, pending: _Rpc, now: float, *, evict: bool) -> None:
+        contact = pending.contact
+        if pending.purpose is _Purpose.EVICT_CHECK:
+            if evict:
+                promoted = self.table.ping_result(contact.node_id, alive=False, now=now)
+                self._events.append(PeerEvicted(contact=contact, reason="did not answer a ping"))
+                if promoted is not None:
+                    self._events.append(PeerAdded(contact=promoted))
+            else:
+                self.table.ping_result(contact.node_id, alive=True, now=now)
+        elif evict and contact.node_id in self.table:
+            promoted = self.table.remove(contact.node_id)
+            self._events.append(PeerEvicted(contact=contact, reason="did not answer"))
+            if promoted is not None:
+                self._events.append(PeerAdded(contact=promoted))
+        operation = self._operations.get(pending.operation)
+        if operation is None:
+            return
+        operation.failed += 1
+        if pending.purpose is _Purpose.STORE:
+            operation.storing -= 1
+        else:
+            operation.lookup.on_failure(contact, now)
+        self._advance(operation, now)
+
+    def _answered(self, contact: Contact, now: float) -> None:
+        known = contact.node_id in self.table
+        outcome = self.table.observe(contact, now)
+        if isinstance(outcome, PingRequest):
+            self._send(outcome.contact, Ping(), _Purpose.EVICT_CHECK)
+        elif isinstance(outcome, Rejected):
+            if not known:
+                self._events.append(PeerRejected(contact=contact, reason=outcome.reason.value))
+        elif not known and contact.node_id in self.table:
+            self._events.append(PeerAdded(contact=contact))
+            if (
+                self.settings.learn_peer_records
+                and contact.node_id not in self._peer_records
+                and contact.node_id not in self._learning
+            ):
+                self._learning[contact.node_id] = now
+                self._send(contact, Ping(), _Purpose.LEARN)
+
+    def _take_record(
+        self, operation: _Operation, sender: Contact, envelope: SignedEnvelope, now: float
+    ) -> None:
+        try:
+            record = open_record(
+                envelope, codec=self._codec, now=now, expected_node_id=operation.target.hex
+            )
+        except RecordRejectedError as err:
+            self._events.append(
+                RecordRejectedEvent(sender=sender.node_id, reason=err.reason, detail=err.detail)
+            )
+            return
+        operation.holders += 1
+        if operation.record is None or record.seq > operation.record.seq:
+            operation.record = record
+        self._remember(record)
+
+    def _take_provider(
+        self, operation: _Operation, sender: Contact, envelope: SignedEnvelope, now: float
+    ) -> None:
+        try:
+            record = open_record(envelope, codec=self._codec, now=now)
+            if operation.target not in provider_keys(record.capabilities):
+                raise RecordRejectedError(
+                    RecordRejectReason.NOT_A_PROVIDER,
+                    "a returned provider does not qualify for the key looked up",
+                )
+        except RecordRejectedError as err:
+            self._events.append(
+                RecordRejectedEvent(sender=sender.node_id, reason=err.reason, detail=err.detail)
+            )
+            return
+        held = operation.providers.get(record.node_id)
+        if held is None or record.seq > held.seq:
+            operation.providers[record.node_id] = record
+        self._remember(record)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def _start(
+        self,
+        kind: OperationKind,
+        target: Key,
+        now: float,
+        *,
+        seeds: list[Contact] | None = None,
+        store: Request | None = None,
+    ) -> int:
+        self._next_operation += 1
+        if seeds is None:
+            seeds = self.table.closest(target, self.settings.k)
+        lookup = Lookup(
+            target,
+            seeds,
+            k=self.settings.k,
+            alpha=self.settings.alpha,
+            exclude=[self.node_id],
+        )
+        operation = _Operation(
+            id=self._next_operation,
+            kind=kind,
+            target=target,
+            lookup=lookup,
+            started=now,
+            store=store,
+        )
+        if kind is OperationKind.GET_PROVIDERS:
+            for record in self._providers.get(target, {}).values():
+                if record.content.expires_at > now:
+                    operation.providers[record.node_id] = record
+        self._operations[operation.id] = operation
+        self.table.touch_key(target, now)
+        self._advance(operation, now)
+        return operation.id
+
+    def _request_for(self, operation: _Operation) -> Request:
+        if operation.kind is OperationKind.GET_RECORD:
+            return GetRecord(key=operation.target)
+        if operation.kind is OperationKind.GET_PROVIDERS:
+            return GetProviders(key=operation.target)
+        return FindNode(target=operation.target)
+
+    def _advance(self, operation: _Operation, now: float) -> None:
+        if operation.store is not None and (operation.storing or operation.stored):
+            if operation.storing == 0:
+                self._finish(operation, now)
+            return
+        if self._satisfied(operation) or operation.lookup.done:
+            if operation.store is not None and operation.lookup.result():
+                for contact in operation.lookup.result():
+                    operation.storing += 1
+                    self._send(contact, operation.store, _Purpose.STORE, operation.id)
+                operation.rpcs += operation.storing
+                return
+            self._finish(operation, now)
+            return
+        queries = operation.lookup.next_queries(now)
+        operation.rpcs += len(queries)
+        request = self._request_for(operation)
+        for contact in queries:
+            self._send(contact, request, _Purpose.LOOKUP, operation.id)
+        if not queries and not self._in_flight(operation):
+            self._finish(operation, now)  # nobody left to ask
+
+    def _in_flight(self, operation: _Operation) -> bool:
+        return any(r.operation == operation.id for r in self._rpcs.values())
+
+    def _satisfied(self, operation: _Operation) -> bool:
+        if operation.kind is OperationKind.GET_RECORD:
+            return operation.holders >= self.settings.get_quorum
+        if operation.kind is OperationKind.GET_PROVIDERS:
+            return len(operation.providers) >= self.settings.providers_wanted
+        return False
+
+    def _finish(self, operation: _Operation, now: float) -> None:
+        del self._operations[operation.id]
+        # RPCs still in flight stay known so their answers update the table,
+        # but no longer feed this operation.
+        for rpc in self._rpcs.values():
+            if rpc.operation == operation.id:
+                rpc.operation = 0
+        stats = operation.lookup.stats()
+        record = operation.record
+        if record is None and operation.kind is OperationKind.GET_RECORD:
+            record = self._records.get(operation.target.hex)
+            if record is not None and record.content.expires_at <= now:
+                record = None
+        self._events.append(
+            OperationFinished(
+                operation=operation.id,
+                kind=operation.kind,
+                target=operation.target,
+                started=operation.started,
+                finished=now,
+                hops=stats.hops,
+                rpcs=operation.rpcs,
+                failed_rpcs=operation.failed,
+                closest=tuple(operation.lookup.result()),
+                record=record,
+                providers=tuple(
+                    sorted(
+                        operation.providers.values(),
+                        key=lambda r: distance(r.key, operation.target),
+                    )
+                ),
+                stored=operation.stored,
+            )
+        )
+
+    # -- timers --------------------------------------------------------------------------
+
+    def get_timer(self) -> float:
+        return self._next_maintenance
+
+    def handle_timer(self, now: float) -> None:
+        """Expire records, refresh stale buckets and republish the own record."""
+        if now < self._next_maintenance:
+            return
+        self._next_maintenance = now + self.settings.maintenance_interval
+        self._expire(now)
+        if self._next_republish is not None and now >= self._next_republish:
+            self._publish(now)
+        for index in self.table.stale_buckets(now, self.settings.refresh_interval):
+            target = self.table.random_key_in_bucket(index, self._randbytes(KEY_BYTES))
+            self._start(OperationKind.REFRESH, target, now)
+
+    def _expire_at(self, when: float, key: Key | None, node_id: str) -> None:
+        self._expiry_seq += 1
+        heapq.heappush(self._expiries, (when, self._expiry_seq, key, node_id))
+
+    def _expire(self, now: float) -> None:
+        while self._expiries and self._expiries[0][0] <= now:
+            _, _, key, node_id = heapq.heappop(self._expiries)
+            if key is None:
+                record = self._records.get(node_id)
+                if record is not None and record.content.expires_at <= now:
+                    del self._records[node_id]
+                continue
+            entries = self._providers.get(key)
+            if entries is None:
+                continue
+            record = entries.get(node_id)
+            if record is not None and record.content.expires_at <= now:
+                del entries[node_id]
+                self._provider_count -= 1
+                if not entries:
+                    del self._providers[key]
+        cutoff = now - _LEARN_PING_BACKOFF
+        self._learning = {n: t for n, t in self._learning.items() if t > cutoff}
+
+
+def _check_newer(held: PeerRecord, record: PeerRecord) -> None:
+    if record.seq < held.seq or (record.seq == held.seq and record.envelope == held.envelope):
+        raise RecordRejectedError(
+            RecordRejectReason.STALE, f"seq {record.seq}, already holding seq {held.seq}"
+        )
+    if record.seq == held.seq:
+        raise RecordRejectedError(
+            RecordRejectReason.CONFLICT, f"a different record with the same seq {record.seq}"
+        )
+
+
+__all__ = [
+    "DhtNode",
+    "DhtSettings",
+    "Event",
+    "OperationFinished",
+    "OperationKind",
+    "OutgoingRequest",
+    "PeerAdded",
+    "PeerEvicted",
+    "PeerRejected",
+    "RateLimited",
+    "RecordRejectedEvent",
+    "RecordStored",
+    "class_key",
+]
