@@ -11,7 +11,7 @@ import os
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,6 +27,8 @@ from plasm.v1 import (
 from plasm_grpc import __version__
 from plasm_grpc.api import codec
 from plasm_grpc.api.verify import ReceiptInput, verify_receipt
+from plasm_grpc.core.dht.records import PeerRecord, WorkerRequirements
+from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.errors import InvalidIdError
 from plasm_grpc.core.ids import check_hex64, check_job_id
 from plasm_grpc.jobs.executor import AdmissionError, JobExecutor, JobRequest
@@ -79,12 +81,35 @@ def _no_peers() -> Sequence[PeerView]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DhtPeer:
+    """A routing table entry and the newest peer record known for it."""
+
+    contact: Contact
+    record: PeerRecord | None
+    connected: bool
+
+
+class DhtView(Protocol):
+    """What the servicer needs of the running DHT (net.dht.DhtService)."""
+
+    def known_peers(self) -> Sequence[DhtPeer]: ...
+
+    async def find_workers(
+        self, requirements: WorkerRequirements, *, limit: int, timeout: float
+    ) -> Sequence[PeerRecord]:
+        """Providers meeting `requirements`, best first; raises TimeoutError."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeFacts:
     grpc_addresses: tuple[str, ...]
     started_at_ns: int
     overlay_address: str = ""
     # Called per GetNodeInfo; the daemon wires it to the overlay endpoint.
     peers: Callable[[], Sequence[PeerView]] = _no_peers
+    # The DHT, when the overlay runs.
+    dht: DhtView | None = None
 
 
 class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
