@@ -91,6 +91,18 @@ class ErrorReason
      * Generated from protobuf enum <code>ERROR_REASON_INTERNAL = 12;</code>
      */
     const ERROR_REASON_INTERNAL = 12;
+    /**
+     * The node runs no DHT (its overlay is off).
+     *
+     * Generated from protobuf enum <code>ERROR_REASON_DHT_UNAVAILABLE = 13;</code>
+     */
+    const ERROR_REASON_DHT_UNAVAILABLE = 13;
+    /**
+     * A DHT lookup did not finish within the call's deadline.
+     *
+     * Generated from protobuf enum <code>ERROR_REASON_LOOKUP_TIMEOUT = 14;</code>
+     */
+    const ERROR_REASON_LOOKUP_TIMEOUT = 14;
 
     private static $valueToName = [
         self::ERROR_REASON_UNSPECIFIED => 'ERROR_REASON_UNSPECIFIED',
@@ -106,6 +118,8 @@ class ErrorReason
         self::ERROR_REASON_INVALID_PAGE_TOKEN => 'ERROR_REASON_INVALID_PAGE_TOKEN',
         self::ERROR_REASON_PLACEMENT_UNAVAILABLE => 'ERROR_REASON_PLACEMENT_UNAVAILABLE',
         self::ERROR_REASON_INTERNAL => 'ERROR_REASON_INTERNAL',
+        self::ERROR_REASON_DHT_UNAVAILABLE => 'ERROR_REASON_DHT_UNAVAILABLE',
+        self::ERROR_REASON_LOOKUP_TIMEOUT => 'ERROR_REASON_LOOKUP_TIMEOUT',
     ];
 
     public static function name($value)

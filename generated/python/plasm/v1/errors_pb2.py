@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15plasm/v1/errors.proto\x12\x08plasm.v1*\xc1\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x12%\n!ERROR_REASON_MODULE_HASH_MISMATCH\x10\x02\x12!\n\x1d\x45RROR_REASON_MODULE_TOO_LARGE\x10\x03\x12!\n\x1d\x45RROR_REASON_MODULE_NOT_FOUND\x10\x04\x12 \n\x1c\x45RROR_REASON_LIMITS_TOO_HIGH\x10\x05\x12 \n\x1c\x45RROR_REASON_INPUT_TOO_LARGE\x10\x06\x12\x15\n\x11\x45RROR_REASON_BUSY\x10\x07\x12\x1e\n\x1a\x45RROR_REASON_SHUTTING_DOWN\x10\x08\x12\"\n\x1e\x45RROR_REASON_RECEIPT_NOT_FOUND\x10\t\x12#\n\x1f\x45RROR_REASON_INVALID_PAGE_TOKEN\x10\n\x12&\n\"ERROR_REASON_PLACEMENT_UNAVAILABLE\x10\x0b\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15plasm/v1/errors.proto\x12\x08plasm.v1*\x84\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x12%\n!ERROR_REASON_MODULE_HASH_MISMATCH\x10\x02\x12!\n\x1d\x45RROR_REASON_MODULE_TOO_LARGE\x10\x03\x12!\n\x1d\x45RROR_REASON_MODULE_NOT_FOUND\x10\x04\x12 \n\x1c\x45RROR_REASON_LIMITS_TOO_HIGH\x10\x05\x12 \n\x1c\x45RROR_REASON_INPUT_TOO_LARGE\x10\x06\x12\x15\n\x11\x45RROR_REASON_BUSY\x10\x07\x12\x1e\n\x1a\x45RROR_REASON_SHUTTING_DOWN\x10\x08\x12\"\n\x1e\x45RROR_REASON_RECEIPT_NOT_FOUND\x10\t\x12#\n\x1f\x45RROR_REASON_INVALID_PAGE_TOKEN\x10\n\x12&\n\"ERROR_REASON_PLACEMENT_UNAVAILABLE\x10\x0b\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x0c\x12 \n\x1c\x45RROR_REASON_DHT_UNAVAILABLE\x10\r\x12\x1f\n\x1b\x45RROR_REASON_LOOKUP_TIMEOUT\x10\x0e\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'plasm.v1.errors_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=36
-  _globals['_ERRORREASON']._serialized_end=485
+  _globals['_ERRORREASON']._serialized_end=552
 # @@protoc_insertion_point(module_scope)

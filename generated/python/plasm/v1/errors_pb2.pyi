@@ -47,6 +47,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The placement mode is not available on this node yet."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 12
     """An unexpected failure inside the node; see its log."""
+    ERROR_REASON_DHT_UNAVAILABLE: _ErrorReason.ValueType  # 13
+    """The node runs no DHT (its overlay is off)."""
+    ERROR_REASON_LOOKUP_TIMEOUT: _ErrorReason.ValueType  # 14
+    """A DHT lookup did not finish within the call's deadline."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reason for a failed RPC. A failed call carries the gRPC
@@ -79,4 +83,8 @@ ERROR_REASON_PLACEMENT_UNAVAILABLE: ErrorReason.ValueType  # 11
 """The placement mode is not available on this node yet."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 12
 """An unexpected failure inside the node; see its log."""
+ERROR_REASON_DHT_UNAVAILABLE: ErrorReason.ValueType  # 13
+"""The node runs no DHT (its overlay is off)."""
+ERROR_REASON_LOOKUP_TIMEOUT: ErrorReason.ValueType  # 14
+"""A DHT lookup did not finish within the call's deadline."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

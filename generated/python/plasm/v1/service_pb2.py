@@ -24,45 +24,56 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from plasm.v1 import capability_pb2 as plasm_dot_v1_dot_capability__pb2
+from plasm.v1 import dht_pb2 as plasm_dot_v1_dot_dht__pb2
 from plasm.v1 import envelope_pb2 as plasm_dot_v1_dot_envelope__pb2
 from plasm.v1 import job_pb2 as plasm_dot_v1_dot_job__pb2
 from plasm.v1 import manifest_pb2 as plasm_dot_v1_dot_manifest__pb2
 from plasm.v1 import receipt_pb2 as plasm_dot_v1_dot_receipt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16plasm/v1/service.proto\x12\x08plasm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19plasm/v1/capability.proto\x1a\x17plasm/v1/envelope.proto\x1a\x12plasm/v1/job.proto\x1a\x17plasm/v1/manifest.proto\x1a\x16plasm/v1/receipt.proto\"H\n\rSubmitRequest\x12\'\n\x08manifest\x18\x01 \x01(\x0b\x32\x15.plasm.v1.JobManifest\x12\x0e\n\x06module\x18\x02 \x01(\x0c\"5\n\x0eSubmitResponse\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.plasm.v1.JobResult\"\xe3\x01\n\rVerifyRequest\x12)\n\x07receipt\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12!\n\x19\x65xpected_executor_node_id\x18\x02 \x01(\t\x12\x13\n\x06stdout\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x13\n\x06stderr\x18\x04 \x01(\x0cH\x01\x88\x01\x01\x12\x13\n\x06module\x18\x05 \x01(\x0cH\x02\x88\x01\x01\x12$\n\x05input\x18\x06 \x01(\x0b\x32\x15.plasm.v1.JobManifestB\t\n\x07_stdoutB\t\n\x07_stderrB\t\n\x07_module\";\n\x0bVerifyCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x83\x01\n\x0eVerifyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12%\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x15.plasm.v1.VerifyCheck\x12#\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x15.plasm.v1.ReceiptBody\x12\x16\n\x0esigner_node_id\x18\x04 \x01(\t\"\x14\n\x12GetNodeInfoRequest\"\xf7\x02\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\t\x12,\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x16.plasm.v1.Capabilities\x12\x16\n\x0egrpc_addresses\x18\x05 \x03(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cjobs_running\x18\x07 \x01(\r\x12\x13\n\x0bjobs_queued\x18\x08 \x01(\r\x12\x16\n\x0ejobs_completed\x18\t \x01(\x04\x12\x17\n\x0freceipts_stored\x18\n \x01(\x04\x12\x16\n\x0e\x63\x61\x63hed_modules\x18\x0b \x01(\r\x12\x17\n\x0foverlay_address\x18\x0c \x01(\t\x12\'\n\x05peers\x18\r \x03(\x0b\x32\x18.plasm.v1.PeerConnection\"U\n\x0ePeerConnection\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x0e\n\x06rtt_us\x18\x04 \x01(\x04\"#\n\x11GetReceiptRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"_\n\rStoredReceipt\x12)\n\x07receipt\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12#\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x15.plasm.v1.ReceiptBody\">\n\x12GetReceiptResponse\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.plasm.v1.StoredReceipt\"<\n\x13ListReceiptsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x14ListReceiptsResponse\x12)\n\x08receipts\x18\x01 \x03(\x0b\x32\x17.plasm.v1.StoredReceipt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xec\x02\n\x0cPlasmService\x12;\n\x06Submit\x12\x17.plasm.v1.SubmitRequest\x1a\x18.plasm.v1.SubmitResponse\x12;\n\x06Verify\x12\x17.plasm.v1.VerifyRequest\x1a\x18.plasm.v1.VerifyResponse\x12J\n\x0bGetNodeInfo\x12\x1c.plasm.v1.GetNodeInfoRequest\x1a\x1d.plasm.v1.GetNodeInfoResponse\x12G\n\nGetReceipt\x12\x1b.plasm.v1.GetReceiptRequest\x1a\x1c.plasm.v1.GetReceiptResponse\x12M\n\x0cListReceipts\x12\x1d.plasm.v1.ListReceiptsRequest\x1a\x1e.plasm.v1.ListReceiptsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16plasm/v1/service.proto\x12\x08plasm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19plasm/v1/capability.proto\x1a\x12plasm/v1/dht.proto\x1a\x17plasm/v1/envelope.proto\x1a\x12plasm/v1/job.proto\x1a\x17plasm/v1/manifest.proto\x1a\x16plasm/v1/receipt.proto\"H\n\rSubmitRequest\x12\'\n\x08manifest\x18\x01 \x01(\x0b\x32\x15.plasm.v1.JobManifest\x12\x0e\n\x06module\x18\x02 \x01(\x0c\"5\n\x0eSubmitResponse\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.plasm.v1.JobResult\"\xe3\x01\n\rVerifyRequest\x12)\n\x07receipt\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12!\n\x19\x65xpected_executor_node_id\x18\x02 \x01(\t\x12\x13\n\x06stdout\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x13\n\x06stderr\x18\x04 \x01(\x0cH\x01\x88\x01\x01\x12\x13\n\x06module\x18\x05 \x01(\x0cH\x02\x88\x01\x01\x12$\n\x05input\x18\x06 \x01(\x0b\x32\x15.plasm.v1.JobManifestB\t\n\x07_stdoutB\t\n\x07_stderrB\t\n\x07_module\";\n\x0bVerifyCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x83\x01\n\x0eVerifyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12%\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x15.plasm.v1.VerifyCheck\x12#\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x15.plasm.v1.ReceiptBody\x12\x16\n\x0esigner_node_id\x18\x04 \x01(\t\"\x14\n\x12GetNodeInfoRequest\"\xf7\x02\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\t\x12,\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x16.plasm.v1.Capabilities\x12\x16\n\x0egrpc_addresses\x18\x05 \x03(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cjobs_running\x18\x07 \x01(\r\x12\x13\n\x0bjobs_queued\x18\x08 \x01(\r\x12\x16\n\x0ejobs_completed\x18\t \x01(\x04\x12\x17\n\x0freceipts_stored\x18\n \x01(\x04\x12\x16\n\x0e\x63\x61\x63hed_modules\x18\x0b \x01(\r\x12\x17\n\x0foverlay_address\x18\x0c \x01(\t\x12\'\n\x05peers\x18\r \x03(\x0b\x32\x18.plasm.v1.PeerConnection\"U\n\x0ePeerConnection\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x0e\n\x06rtt_us\x18\x04 \x01(\x04\"#\n\x11GetReceiptRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"_\n\rStoredReceipt\x12)\n\x07receipt\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12#\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x15.plasm.v1.ReceiptBody\">\n\x12GetReceiptResponse\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.plasm.v1.StoredReceipt\"<\n\x13ListReceiptsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x14ListReceiptsResponse\x12)\n\x08receipts\x18\x01 \x03(\x0b\x32\x17.plasm.v1.StoredReceipt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x12\n\x10ListPeersRequest\"7\n\x11ListPeersResponse\x12\"\n\x05peers\x18\x01 \x03(\x0b\x32\x13.plasm.v1.KnownPeer\"\xa8\x01\n\tKnownPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06rtt_us\x18\x04 \x01(\x04\x12(\n\x06record\x18\x05 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12,\n\x0erecord_content\x18\x06 \x01(\x0b\x32\x14.plasm.v1.PeerRecord\"y\n\x12\x46indWorkersRequest\x12\x14\n\x0cwasi_version\x18\x01 \x01(\t\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\x16\n\x0emin_free_slots\x18\x04 \x01(\r\x12\r\n\x05limit\x18\x05 \x01(\r\"U\n\x13\x46indWorkersResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.plasm.v1.KnownPeer\x12\x18\n\x10\x63\x61pability_class\x18\x02 \x01(\t2\xfe\x03\n\x0cPlasmService\x12;\n\x06Submit\x12\x17.plasm.v1.SubmitRequest\x1a\x18.plasm.v1.SubmitResponse\x12;\n\x06Verify\x12\x17.plasm.v1.VerifyRequest\x1a\x18.plasm.v1.VerifyResponse\x12J\n\x0bGetNodeInfo\x12\x1c.plasm.v1.GetNodeInfoRequest\x1a\x1d.plasm.v1.GetNodeInfoResponse\x12G\n\nGetReceipt\x12\x1b.plasm.v1.GetReceiptRequest\x1a\x1c.plasm.v1.GetReceiptResponse\x12M\n\x0cListReceipts\x12\x1d.plasm.v1.ListReceiptsRequest\x1a\x1e.plasm.v1.ListReceiptsResponse\x12\x44\n\tListPeers\x12\x1a.plasm.v1.ListPeersRequest\x1a\x1b.plasm.v1.ListPeersResponse\x12J\n\x0b\x46indWorkers\x12\x1c.plasm.v1.FindWorkersRequest\x1a\x1d.plasm.v1.FindWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'plasm.v1.service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITREQUEST']._serialized_start=190
-  _globals['_SUBMITREQUEST']._serialized_end=262
-  _globals['_SUBMITRESPONSE']._serialized_start=264
-  _globals['_SUBMITRESPONSE']._serialized_end=317
-  _globals['_VERIFYREQUEST']._serialized_start=320
-  _globals['_VERIFYREQUEST']._serialized_end=547
-  _globals['_VERIFYCHECK']._serialized_start=549
-  _globals['_VERIFYCHECK']._serialized_end=608
-  _globals['_VERIFYRESPONSE']._serialized_start=611
-  _globals['_VERIFYRESPONSE']._serialized_end=742
-  _globals['_GETNODEINFOREQUEST']._serialized_start=744
-  _globals['_GETNODEINFOREQUEST']._serialized_end=764
-  _globals['_GETNODEINFORESPONSE']._serialized_start=767
-  _globals['_GETNODEINFORESPONSE']._serialized_end=1142
-  _globals['_PEERCONNECTION']._serialized_start=1144
-  _globals['_PEERCONNECTION']._serialized_end=1229
-  _globals['_GETRECEIPTREQUEST']._serialized_start=1231
-  _globals['_GETRECEIPTREQUEST']._serialized_end=1266
-  _globals['_STOREDRECEIPT']._serialized_start=1268
-  _globals['_STOREDRECEIPT']._serialized_end=1363
-  _globals['_GETRECEIPTRESPONSE']._serialized_start=1365
-  _globals['_GETRECEIPTRESPONSE']._serialized_end=1427
-  _globals['_LISTRECEIPTSREQUEST']._serialized_start=1429
-  _globals['_LISTRECEIPTSREQUEST']._serialized_end=1489
-  _globals['_LISTRECEIPTSRESPONSE']._serialized_start=1491
-  _globals['_LISTRECEIPTSRESPONSE']._serialized_end=1581
-  _globals['_PLASMSERVICE']._serialized_start=1584
-  _globals['_PLASMSERVICE']._serialized_end=1948
+  _globals['_SUBMITREQUEST']._serialized_start=210
+  _globals['_SUBMITREQUEST']._serialized_end=282
+  _globals['_SUBMITRESPONSE']._serialized_start=284
+  _globals['_SUBMITRESPONSE']._serialized_end=337
+  _globals['_VERIFYREQUEST']._serialized_start=340
+  _globals['_VERIFYREQUEST']._serialized_end=567
+  _globals['_VERIFYCHECK']._serialized_start=569
+  _globals['_VERIFYCHECK']._serialized_end=628
+  _globals['_VERIFYRESPONSE']._serialized_start=631
+  _globals['_VERIFYRESPONSE']._serialized_end=762
+  _globals['_GETNODEINFOREQUEST']._serialized_start=764
+  _globals['_GETNODEINFOREQUEST']._serialized_end=784
+  _globals['_GETNODEINFORESPONSE']._serialized_start=787
+  _globals['_GETNODEINFORESPONSE']._serialized_end=1162
+  _globals['_PEERCONNECTION']._serialized_start=1164
+  _globals['_PEERCONNECTION']._serialized_end=1249
+  _globals['_GETRECEIPTREQUEST']._serialized_start=1251
+  _globals['_GETRECEIPTREQUEST']._serialized_end=1286
+  _globals['_STOREDRECEIPT']._serialized_start=1288
+  _globals['_STOREDRECEIPT']._serialized_end=1383
+  _globals['_GETRECEIPTRESPONSE']._serialized_start=1385
+  _globals['_GETRECEIPTRESPONSE']._serialized_end=1447
+  _globals['_LISTRECEIPTSREQUEST']._serialized_start=1449
+  _globals['_LISTRECEIPTSREQUEST']._serialized_end=1509
+  _globals['_LISTRECEIPTSRESPONSE']._serialized_start=1511
+  _globals['_LISTRECEIPTSRESPONSE']._serialized_end=1601
+  _globals['_LISTPEERSREQUEST']._serialized_start=1603
+  _globals['_LISTPEERSREQUEST']._serialized_end=1621
+  _globals['_LISTPEERSRESPONSE']._serialized_start=1623
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1678
+  _globals['_KNOWNPEER']._serialized_start=1681
+  _globals['_KNOWNPEER']._serialized_end=1849
+  _globals['_FINDWORKERSREQUEST']._serialized_start=1851
+  _globals['_FINDWORKERSREQUEST']._serialized_end=1972
+  _globals['_FINDWORKERSRESPONSE']._serialized_start=1974
+  _globals['_FINDWORKERSRESPONSE']._serialized_end=2059
+  _globals['_PLASMSERVICE']._serialized_start=2062
+  _globals['_PLASMSERVICE']._serialized_end=2572
 # @@protoc_insertion_point(module_scope)

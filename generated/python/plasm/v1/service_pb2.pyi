@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from plasm.v1 import capability_pb2 as _capability_pb2
+from plasm.v1 import dht_pb2 as _dht_pb2
 from plasm.v1 import envelope_pb2 as _envelope_pb2
 from plasm.v1 import job_pb2 as _job_pb2
 from plasm.v1 import manifest_pb2 as _manifest_pb2
@@ -419,3 +420,153 @@ class ListReceiptsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListReceiptsResponse: _TypeAlias = ListReceiptsResponse  # noqa: Y015
+
+@_typing.final
+class ListPeersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPeersRequest: _TypeAlias = ListPeersRequest  # noqa: Y015
+
+@_typing.final
+class ListPeersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnownPeer]:
+        """Nearest to this node first (XOR distance)."""
+
+    def __init__(
+        self,
+        *,
+        peers: _abc.Iterable[Global___KnownPeer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPeersResponse: _TypeAlias = ListPeersResponse  # noqa: Y015
+
+@_typing.final
+class KnownPeer(_message.Message):
+    """A node known through the DHT."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    RTT_US_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    RECORD_CONTENT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """64 lowercase hex."""
+    address: _builtins.str
+    """Where it answered this node from (host:port, UDP); empty when it is only
+    known by its record.
+    """
+    connected: _builtins.bool
+    """True when an overlay connection to it is open now."""
+    rtt_us: _builtins.int
+    """Smoothed round-trip time in microseconds while connected; 0 otherwise."""
+    @_builtins.property
+    def record(self) -> _envelope_pb2.SignedEnvelope:
+        """The peer's signed record (a SignedEnvelope whose payload is a
+        plasm.v1.PeerRecord under the domain "plasm/peer-record/v1"), so a client
+        can check what the peer claims itself; absent when none is known.
+        """
+
+    @_builtins.property
+    def record_content(self) -> _dht_pb2.PeerRecord:
+        """Decoded from record, for convenience; absent without a record."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        rtt_us: _builtins.int = ...,
+        record: _envelope_pb2.SignedEnvelope | None = ...,
+        record_content: _dht_pb2.PeerRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "record_content", b"record_content"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "connected", b"connected", "node_id", b"node_id", "record", b"record", "record_content", b"record_content", "rtt_us", b"rtt_us"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KnownPeer: _TypeAlias = KnownPeer  # noqa: Y015
+
+@_typing.final
+class FindWorkersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WASI_VERSION_FIELD_NUMBER: _builtins.int
+    MIN_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ARCH_FIELD_NUMBER: _builtins.int
+    MIN_FREE_SLOTS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    wasi_version: _builtins.str
+    """WASI version the job needs; empty means "preview1"."""
+    min_memory_bytes: _builtins.int
+    """Memory the job needs, in bytes; 0 means any."""
+    arch: _builtins.str
+    """Required host architecture, for example "x86_64"; empty means any."""
+    min_free_slots: _builtins.int
+    """Minimum free job slots at the time the worker signed its record."""
+    limit: _builtins.int
+    """Most workers to return; 0 means 20, at most 100."""
+    def __init__(
+        self,
+        *,
+        wasi_version: _builtins.str = ...,
+        min_memory_bytes: _builtins.int = ...,
+        arch: _builtins.str = ...,
+        min_free_slots: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "limit", b"limit", "min_free_slots", b"min_free_slots", "min_memory_bytes", b"min_memory_bytes", "wasi_version", b"wasi_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindWorkersRequest: _TypeAlias = FindWorkersRequest  # noqa: Y015
+
+@_typing.final
+class FindWorkersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKERS_FIELD_NUMBER: _builtins.int
+    CAPABILITY_CLASS_FIELD_NUMBER: _builtins.int
+    capability_class: _builtins.str
+    """The capability class looked up, for example "wasi=preview1;memory>=1024MiB"."""
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnownPeer]:
+        """Best first: most free slots, then lowest round-trip time."""
+
+    def __init__(
+        self,
+        *,
+        workers: _abc.Iterable[Global___KnownPeer] | None = ...,
+        capability_class: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability_class", b"capability_class", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindWorkersResponse: _TypeAlias = FindWorkersResponse  # noqa: Y015

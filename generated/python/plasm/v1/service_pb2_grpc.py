@@ -60,6 +60,16 @@ class PlasmServiceStub:
                 request_serializer=plasm_dot_v1_dot_service__pb2.ListReceiptsRequest.SerializeToString,
                 response_deserializer=plasm_dot_v1_dot_service__pb2.ListReceiptsResponse.FromString,
                 _registered_method=True)
+        self.ListPeers = channel.unary_unary(
+                '/plasm.v1.PlasmService/ListPeers',
+                request_serializer=plasm_dot_v1_dot_service__pb2.ListPeersRequest.SerializeToString,
+                response_deserializer=plasm_dot_v1_dot_service__pb2.ListPeersResponse.FromString,
+                _registered_method=True)
+        self.FindWorkers = channel.unary_unary(
+                '/plasm.v1.PlasmService/FindWorkers',
+                request_serializer=plasm_dot_v1_dot_service__pb2.FindWorkersRequest.SerializeToString,
+                response_deserializer=plasm_dot_v1_dot_service__pb2.FindWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class PlasmServiceServicer:
@@ -101,6 +111,22 @@ class PlasmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPeers(self, request, context):
+        """The peers in this node's DHT routing table, with their capabilities
+        where their signed peer records are known.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindWorkers(self, request, context):
+        """Look up workers that can run jobs with the given requirements, through
+        the DHT's capability provider keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlasmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +154,16 @@ def add_PlasmServiceServicer_to_server(servicer, server):
                     servicer.ListReceipts,
                     request_deserializer=plasm_dot_v1_dot_service__pb2.ListReceiptsRequest.FromString,
                     response_serializer=plasm_dot_v1_dot_service__pb2.ListReceiptsResponse.SerializeToString,
+            ),
+            'ListPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeers,
+                    request_deserializer=plasm_dot_v1_dot_service__pb2.ListPeersRequest.FromString,
+                    response_serializer=plasm_dot_v1_dot_service__pb2.ListPeersResponse.SerializeToString,
+            ),
+            'FindWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindWorkers,
+                    request_deserializer=plasm_dot_v1_dot_service__pb2.FindWorkersRequest.FromString,
+                    response_serializer=plasm_dot_v1_dot_service__pb2.FindWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +302,60 @@ class PlasmService:
             '/plasm.v1.PlasmService/ListReceipts',
             plasm_dot_v1_dot_service__pb2.ListReceiptsRequest.SerializeToString,
             plasm_dot_v1_dot_service__pb2.ListReceiptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plasm.v1.PlasmService/ListPeers',
+            plasm_dot_v1_dot_service__pb2.ListPeersRequest.SerializeToString,
+            plasm_dot_v1_dot_service__pb2.ListPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plasm.v1.PlasmService/FindWorkers',
+            plasm_dot_v1_dot_service__pb2.FindWorkersRequest.SerializeToString,
+            plasm_dot_v1_dot_service__pb2.FindWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,14 @@ class PlasmServiceStub:
     """A stored receipt by job id."""
     ListReceipts: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListReceiptsRequest, _service_pb2.ListReceiptsResponse]
     """Stored receipts, newest first, a page at a time."""
+    ListPeers: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListPeersRequest, _service_pb2.ListPeersResponse]
+    """The peers in this node's DHT routing table, with their capabilities
+    where their signed peer records are known.
+    """
+    FindWorkers: _grpc.UnaryUnaryMultiCallable[_service_pb2.FindWorkersRequest, _service_pb2.FindWorkersResponse]
+    """Look up workers that can run jobs with the given requirements, through
+    the DHT's capability provider keys.
+    """
 
 @_typing.type_check_only
 class PlasmServiceAsyncStub(PlasmServiceStub):
@@ -59,6 +67,14 @@ class PlasmServiceAsyncStub(PlasmServiceStub):
     """A stored receipt by job id."""
     ListReceipts: _aio.UnaryUnaryMultiCallable[_service_pb2.ListReceiptsRequest, _service_pb2.ListReceiptsResponse]  # type: ignore[assignment]
     """Stored receipts, newest first, a page at a time."""
+    ListPeers: _aio.UnaryUnaryMultiCallable[_service_pb2.ListPeersRequest, _service_pb2.ListPeersResponse]  # type: ignore[assignment]
+    """The peers in this node's DHT routing table, with their capabilities
+    where their signed peer records are known.
+    """
+    FindWorkers: _aio.UnaryUnaryMultiCallable[_service_pb2.FindWorkersRequest, _service_pb2.FindWorkersResponse]  # type: ignore[assignment]
+    """Look up workers that can run jobs with the given requirements, through
+    the DHT's capability provider keys.
+    """
 
 class PlasmServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API a node offers to local clients."""
@@ -102,5 +118,25 @@ class PlasmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.ListReceiptsResponse, _abc.Awaitable[_service_pb2.ListReceiptsResponse]]:
         """Stored receipts, newest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def ListPeers(
+        self,
+        request: _service_pb2.ListPeersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ListPeersResponse, _abc.Awaitable[_service_pb2.ListPeersResponse]]:
+        """The peers in this node's DHT routing table, with their capabilities
+        where their signed peer records are known.
+        """
+
+    @_abc_1.abstractmethod
+    def FindWorkers(
+        self,
+        request: _service_pb2.FindWorkersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.FindWorkersResponse, _abc.Awaitable[_service_pb2.FindWorkersResponse]]:
+        """Look up workers that can run jobs with the given requirements, through
+        the DHT's capability provider keys.
+        """
 
 def add_PlasmServiceServicer_to_server(servicer: PlasmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
