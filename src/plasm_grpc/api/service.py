@@ -27,7 +27,13 @@ from plasm.v1 import (
 from plasm_grpc import __version__
 from plasm_grpc.api import codec
 from plasm_grpc.api.verify import ReceiptInput, verify_receipt
-from plasm_grpc.core.dht.records import PeerRecord, WorkerRequirements
+from plasm_grpc.core.dht.records import (
+    DEFAULT_WASI_VERSION,
+    PeerRecord,
+    RecordError,
+    WorkerRequirements,
+    requirement_class,
+)
 from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.errors import InvalidIdError
 from plasm_grpc.core.ids import check_hex64, check_job_id
@@ -40,6 +46,10 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 REASON_KEY: Final = codec.REASON_KEY
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 1000
+DEFAULT_WORKERS: Final = 20
+MAX_WORKERS: Final = 100
+DEFAULT_LOOKUP_TIMEOUT_S: Final = 10.0
+MAX_LOOKUP_TIMEOUT_S: Final = 60.0
 
 _STATUS: Final[dict[str, grpc.StatusCode]] = {
     "INVALID_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
@@ -54,6 +64,8 @@ _STATUS: Final[dict[str, grpc.StatusCode]] = {
     "INVALID_PAGE_TOKEN": grpc.StatusCode.INVALID_ARGUMENT,
     "PLACEMENT_UNAVAILABLE": grpc.StatusCode.FAILED_PRECONDITION,
     "INTERNAL": grpc.StatusCode.INTERNAL,
+    "DHT_UNAVAILABLE": grpc.StatusCode.FAILED_PRECONDITION,
+    "LOOKUP_TIMEOUT": grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 # Every reason above must be a plasm.v1.ErrorReason value (checked at import).
 for _reason in _STATUS:
@@ -275,6 +287,83 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
                 )
                 for p in self.facts.peers()
             ],
+        )
+
+    # -- The DHT ---------------------------------------------------------------
+
+    @staticmethod
+    def _known_peer(
+        node_id: str, address: str, record: PeerRecord | None, rtts: dict[str, int]
+    ) -> service_pb2.KnownPeer:
+        out = service_pb2.KnownPeer(
+            node_id=node_id,
+            address=address,
+            connected=node_id in rtts,
+            rtt_us=rtts.get(node_id, 0),
+        )
+        if record is not None:
+            out.record.CopyFrom(codec.envelope_to_pb(record.envelope))
+            # The exact signed bytes, already checked when the record arrived.
+            out.record_content.ParseFromString(record.envelope.payload)
+        return out
+
+    async def _dht(self, context: Ctx) -> DhtView:
+        if self.facts.dht is None:
+            await _abort(
+                context,
+                "DHT_UNAVAILABLE",
+                "this node runs no DHT: its overlay is off (set overlay.listen)",
+            )
+        return self.facts.dht
+
+    async def ListPeers(  # noqa: N802
+        self, request: service_pb2.ListPeersRequest, context: Ctx
+    ) -> service_pb2.ListPeersResponse:
+        dht = await self._dht(context)
+        rtts = {p.node_id: p.rtt_us for p in self.facts.peers()}
+        return service_pb2.ListPeersResponse(
+            peers=[
+                self._known_peer(
+                    p.contact.node_id, f"{p.contact.host}:{p.contact.port}", p.record, rtts
+                )
+                for p in dht.known_peers()
+            ]
+        )
+
+    async def FindWorkers(  # noqa: N802
+        self, request: service_pb2.FindWorkersRequest, context: Ctx
+    ) -> service_pb2.FindWorkersResponse:
+        dht = await self._dht(context)
+        limit = request.limit or DEFAULT_WORKERS
+        if limit > MAX_WORKERS:
+            await _abort(context, "INVALID_REQUEST", f"limit must be at most {MAX_WORKERS}")
+        try:
+            requirements = WorkerRequirements(
+                wasi_version=request.wasi_version or DEFAULT_WASI_VERSION,
+                min_memory_bytes=request.min_memory_bytes,
+                arch=request.arch,
+                min_free_slots=request.min_free_slots,
+            )
+        except RecordError as err:
+            await _abort(context, "INVALID_REQUEST", str(err))
+        remaining = context.time_remaining()
+        timeout = DEFAULT_LOOKUP_TIMEOUT_S if remaining is None else remaining - 0.05
+        timeout = min(timeout, MAX_LOOKUP_TIMEOUT_S)
+        try:
+            if timeout <= 0:
+                raise TimeoutError
+            workers = await dht.find_workers(requirements, limit=limit, timeout=timeout)
+        except TimeoutError:
+            await _abort(
+                context, "LOOKUP_TIMEOUT", f"the provider lookup did not finish in {timeout:.1f} s"
+            )
+        rtts = {p.node_id: p.rtt_us for p in self.facts.peers()}
+        return service_pb2.FindWorkersResponse(
+            workers=[
+                self._known_peer(r.node_id, next(iter(r.content.addresses), ""), r, rtts)
+                for r in workers[:limit]
+            ],
+            capability_class=requirement_class(requirements),
         )
 
     async def GetReceipt(  # noqa: N802

@@ -463,6 +463,28 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_peers(args: argparse.Namespace) -> int:
     client = connect(args)
+    if args.connections:
+        return _show_connections(client, args)
+    response: service_pb2.ListPeersResponse = client.call(
+        "ListPeers", service_pb2.ListPeersRequest()
+    )
+    if args.json:
+        print_json(
+            {
+                "peers": [
+                    json_format.MessageToDict(p, always_print_fields_with_no_presence=True)
+                    for p in response.peers
+                ]
+            }
+        )
+        return 0
+    _peer_table("DHT routing table (nearest first)", response.peers)
+    if not response.peers:
+        err_console.print("no peers known yet (add overlay.bootstrap peers, or wait for them)")
+    return 0
+
+
+def _show_connections(client: Client, args: argparse.Namespace) -> int:
     info: service_pb2.GetNodeInfoResponse = client.call(
         "GetNodeInfo", service_pb2.GetNodeInfoRequest()
     )
@@ -474,7 +496,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    title = f"overlay peers of {info.node_id[:16]}… ({info.overlay_address or 'overlay off'})"
+    title = f"overlay connections of {info.node_id[:16]}… ({info.overlay_address or 'overlay off'})"
     table = Table(title=title, title_justify="left")
     for col in ("node id", "address", "direction", "rtt ms"):
         table.add_column(col)
@@ -484,6 +506,61 @@ def cmd_peers(args: argparse.Namespace) -> int:
     Console(highlight=False).print(table)
     if not info.peers:
         err_console.print("no open overlay connections (add overlay.bootstrap peers)")
+    return 0
+
+
+def _peer_table(title: str, peers: Any) -> None:
+    table = Table(title=title, title_justify="left")
+    for col in ("node id", "address", "rtt ms", "arch", "runtime", "max memory", "slots free"):
+        table.add_column(col)
+    for p in peers:
+        rtt = f"{p.rtt_us / 1000:.2f}" if p.connected and p.rtt_us else "-"
+        if p.HasField("record_content"):
+            caps = p.record_content.capabilities
+            arch = caps.arch
+            runtime = f"{caps.runtime_name} {caps.runtime_version} ({caps.wasi_version})"
+            memory = f"{caps.max_limits.max_memory_bytes / 2**20:.0f} MiB"
+            slots = f"{caps.free_job_slots}/{caps.total_job_slots}"
+        else:
+            arch = runtime = memory = slots = "?"
+        table.add_row(
+            Text(short(p.node_id)),
+            Text(p.address),
+            rtt,
+            Text(arch),
+            Text(runtime),
+            memory,
+            slots,
+        )
+    Console(highlight=False).print(table)
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    client = connect(args)
+    response: service_pb2.FindWorkersResponse = client.call(
+        "FindWorkers",
+        service_pb2.FindWorkersRequest(
+            wasi_version=args.wasi or "",
+            min_memory_bytes=args.memory,
+            arch=args.arch or "",
+            min_free_slots=args.min_free_slots,
+            limit=args.limit,
+        ),
+    )
+    if args.json:
+        print_json(
+            {
+                "capabilityClass": response.capability_class,
+                "workers": [
+                    json_format.MessageToDict(p, always_print_fields_with_no_presence=True)
+                    for p in response.workers
+                ],
+            }
+        )
+        return 0
+    _peer_table(f"workers for {response.capability_class} (best first)", response.workers)
+    if not response.workers:
+        err_console.print("no worker meets these requirements (none found through the DHT)")
     return 0
 
 
@@ -544,6 +621,19 @@ def _nonneg(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
     return n
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30}
+
+
+def _size(value: str) -> int:
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 536870912, 512MiB or 1GiB, got {value!r}"
+        )
+    return int(match.group(1)) * _SIZE_UNITS[unit]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -636,9 +726,40 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
-    pe = sub.add_parser("peers", help="open overlay connections: node id, address, rtt")
+    pe = sub.add_parser(
+        "peers",
+        help="peers in the node's DHT routing table, with their capabilities",
+        description="List the peers this node's DHT knows (nearest first): address, "
+        "round-trip time when connected, and what their signed peer records say "
+        "they can run ('?' until a record is known).",
+    )
+    pe.add_argument(
+        "--connections", action="store_true", help="show open overlay connections instead"
+    )
     pe.add_argument("--json", action="store_true")
     pe.set_defaults(func=cmd_peers)
+
+    w = sub.add_parser(
+        "workers",
+        help="find workers that can run a job, through the DHT",
+        description="Look up the DHT's capability provider key for the job's WASI "
+        "version and memory, and list the workers whose signed records meet every "
+        "requirement, best first (most free slots, then lowest round-trip time).",
+    )
+    w.add_argument(
+        "--memory",
+        type=_size,
+        default=0,
+        help="memory the job needs: bytes, or with a KiB/MiB/GiB suffix (e.g. 512MiB)",
+    )
+    w.add_argument("--wasi", help="WASI version (default preview1)")
+    w.add_argument("--arch", help="host architecture, e.g. x86_64 (default any)")
+    w.add_argument(
+        "--min-free-slots", type=_nonneg, default=0, help="free job slots the worker advertised"
+    )
+    w.add_argument("--limit", type=_nonneg, default=20, help="most workers to list (max 100)")
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=cmd_workers)
 
     r = sub.add_parser("receipts", help="list stored receipts, newest first")
     r.add_argument("--limit", type=_nonneg, default=20, help="receipts per page (max 1000)")
