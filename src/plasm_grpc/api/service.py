@@ -66,6 +66,7 @@ _STATUS: Final[dict[str, grpc.StatusCode]] = {
     "INTERNAL": grpc.StatusCode.INTERNAL,
     "DHT_UNAVAILABLE": grpc.StatusCode.FAILED_PRECONDITION,
     "LOOKUP_TIMEOUT": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "PEER_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
 }
 # Every reason above must be a plasm.v1.ErrorReason value (checked at import).
 for _reason in _STATUS:
@@ -111,6 +112,18 @@ class DhtView(Protocol):
     ) -> Sequence[PeerRecord]:
         """Providers meeting `requirements`, best first; raises TimeoutError."""
         ...
+
+    async def find_peer(self, node_id: str, *, timeout: float) -> PeerLookup:
+        """Look `node_id`'s record up through the DHT; raises TimeoutError."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerLookup:
+    record: PeerRecord | None
+    hops: int
+    rpcs: int
+    duration_s: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -346,9 +359,7 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
             )
         except RecordError as err:
             await _abort(context, "INVALID_REQUEST", str(err))
-        remaining = context.time_remaining()
-        timeout = DEFAULT_LOOKUP_TIMEOUT_S if remaining is None else remaining - 0.05
-        timeout = min(timeout, MAX_LOOKUP_TIMEOUT_S)
+        timeout = _lookup_timeout(context)
         try:
             if timeout <= 0:
                 raise TimeoutError
@@ -364,6 +375,37 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
                 for r in workers[:limit]
             ],
             capability_class=requirement_class(requirements),
+        )
+
+    async def FindPeer(  # noqa: N802
+        self, request: service_pb2.FindPeerRequest, context: Ctx
+    ) -> service_pb2.FindPeerResponse:
+        dht = await self._dht(context)
+        try:
+            node_id = check_hex64(request.node_id, "node_id")
+        except InvalidIdError as err:
+            await _abort(context, "INVALID_REQUEST", str(err))
+        timeout = _lookup_timeout(context)
+        try:
+            if timeout <= 0:
+                raise TimeoutError
+            found = await dht.find_peer(node_id, timeout=timeout)
+        except TimeoutError:
+            await _abort(context, "LOOKUP_TIMEOUT", f"the lookup did not finish in {timeout:.1f} s")
+        if found.record is None:
+            await _abort(
+                context,
+                "PEER_NOT_FOUND",
+                f"no peer record for {node_id} in the DHT ({found.rpcs} RPCs, {found.hops} hops)",
+            )
+        rtts = {p.node_id: p.rtt_us for p in self.facts.peers()}
+        return service_pb2.FindPeerResponse(
+            peer=self._known_peer(
+                node_id, next(iter(found.record.content.addresses), ""), found.record, rtts
+            ),
+            hops=found.hops,
+            rpcs=found.rpcs,
+            duration_us=int(found.duration_s * 1_000_000),
         )
 
     async def GetReceipt(  # noqa: N802
@@ -406,3 +448,10 @@ def _total_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return 0
+
+
+def _lookup_timeout(context: Ctx) -> float:
+    """The call's remaining deadline (less a margin to answer), capped."""
+    remaining = context.time_remaining()
+    timeout = DEFAULT_LOOKUP_TIMEOUT_S if remaining is None else remaining - 0.05
+    return min(timeout, MAX_LOOKUP_TIMEOUT_S)

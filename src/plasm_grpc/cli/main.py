@@ -535,6 +535,28 @@ def _peer_table(title: str, peers: Any) -> None:
     Console(highlight=False).print(table)
 
 
+def cmd_peer(args: argparse.Namespace) -> int:
+    client = connect(args)
+    response: service_pb2.FindPeerResponse = client.call(
+        "FindPeer", service_pb2.FindPeerRequest(node_id=args.node_id)
+    )
+    if args.json:
+        print_json(json_format.MessageToDict(response, always_print_fields_with_no_presence=True))
+        return 0
+    _peer_table(
+        f"found in {response.duration_us / 1000:.1f} ms, {response.hops} hops, "
+        f"{response.rpcs} RPCs",
+        [response.peer],
+    )
+    record = response.peer.record_content
+    err_console.print(
+        f"record seq {record.seq}, expires {record.expires_at.ToJsonString()}, "
+        f"addresses {', '.join(record.addresses) or '-'}",
+        markup=False,
+    )
+    return 0
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     client = connect(args)
     response: service_pb2.FindWorkersResponse = client.call(
@@ -738,6 +760,16 @@ def parser() -> argparse.ArgumentParser:
     )
     pe.add_argument("--json", action="store_true")
     pe.set_defaults(func=cmd_peers)
+
+    pf = sub.add_parser(
+        "peer",
+        help="look one node up by id through the DHT",
+        description="Find NODE_ID's signed peer record through the DHT and show "
+        "its addresses and capabilities, with the lookup's hops, RPCs and time.",
+    )
+    pf.add_argument("node_id", help="64 lowercase hex")
+    pf.add_argument("--json", action="store_true")
+    pf.set_defaults(func=cmd_peer)
 
     w = sub.add_parser(
         "workers",

@@ -103,6 +103,12 @@ class ErrorReason
      * Generated from protobuf enum <code>ERROR_REASON_LOOKUP_TIMEOUT = 14;</code>
      */
     const ERROR_REASON_LOOKUP_TIMEOUT = 14;
+    /**
+     * A DHT lookup finished without finding the node asked for.
+     *
+     * Generated from protobuf enum <code>ERROR_REASON_PEER_NOT_FOUND = 15;</code>
+     */
+    const ERROR_REASON_PEER_NOT_FOUND = 15;
 
     private static $valueToName = [
         self::ERROR_REASON_UNSPECIFIED => 'ERROR_REASON_UNSPECIFIED',
@@ -120,6 +126,7 @@ class ErrorReason
         self::ERROR_REASON_INTERNAL => 'ERROR_REASON_INTERNAL',
         self::ERROR_REASON_DHT_UNAVAILABLE => 'ERROR_REASON_DHT_UNAVAILABLE',
         self::ERROR_REASON_LOOKUP_TIMEOUT => 'ERROR_REASON_LOOKUP_TIMEOUT',
+        self::ERROR_REASON_PEER_NOT_FOUND => 'ERROR_REASON_PEER_NOT_FOUND',
     ];
 
     public static function name($value)

@@ -51,6 +51,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The node runs no DHT (its overlay is off)."""
     ERROR_REASON_LOOKUP_TIMEOUT: _ErrorReason.ValueType  # 14
     """A DHT lookup did not finish within the call's deadline."""
+    ERROR_REASON_PEER_NOT_FOUND: _ErrorReason.ValueType  # 15
+    """A DHT lookup finished without finding the node asked for."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reason for a failed RPC. A failed call carries the gRPC
@@ -87,4 +89,6 @@ ERROR_REASON_DHT_UNAVAILABLE: ErrorReason.ValueType  # 13
 """The node runs no DHT (its overlay is off)."""
 ERROR_REASON_LOOKUP_TIMEOUT: ErrorReason.ValueType  # 14
 """A DHT lookup did not finish within the call's deadline."""
+ERROR_REASON_PEER_NOT_FOUND: ErrorReason.ValueType  # 15
+"""A DHT lookup finished without finding the node asked for."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

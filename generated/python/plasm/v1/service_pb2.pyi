@@ -570,3 +570,55 @@ class FindWorkersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FindWorkersResponse: _TypeAlias = FindWorkersResponse  # noqa: Y015
+
+@_typing.final
+class FindPeerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The node to look up, 64 lowercase hex."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindPeerRequest: _TypeAlias = FindPeerRequest  # noqa: Y015
+
+@_typing.final
+class FindPeerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    HOPS_FIELD_NUMBER: _builtins.int
+    RPCS_FIELD_NUMBER: _builtins.int
+    DURATION_US_FIELD_NUMBER: _builtins.int
+    hops: _builtins.int
+    """The lookup: longest referral chain to a node that answered, RPCs sent,
+    and how long it took inside the node.
+    """
+    rpcs: _builtins.int
+    duration_us: _builtins.int
+    @_builtins.property
+    def peer(self) -> Global___KnownPeer: ...
+    def __init__(
+        self,
+        *,
+        peer: Global___KnownPeer | None = ...,
+        hops: _builtins.int = ...,
+        rpcs: _builtins.int = ...,
+        duration_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_us", b"duration_us", "hops", b"hops", "peer", b"peer", "rpcs", b"rpcs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindPeerResponse: _TypeAlias = FindPeerResponse  # noqa: Y015

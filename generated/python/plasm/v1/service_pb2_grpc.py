@@ -70,6 +70,11 @@ class PlasmServiceStub:
                 request_serializer=plasm_dot_v1_dot_service__pb2.FindWorkersRequest.SerializeToString,
                 response_deserializer=plasm_dot_v1_dot_service__pb2.FindWorkersResponse.FromString,
                 _registered_method=True)
+        self.FindPeer = channel.unary_unary(
+                '/plasm.v1.PlasmService/FindPeer',
+                request_serializer=plasm_dot_v1_dot_service__pb2.FindPeerRequest.SerializeToString,
+                response_deserializer=plasm_dot_v1_dot_service__pb2.FindPeerResponse.FromString,
+                _registered_method=True)
 
 
 class PlasmServiceServicer:
@@ -127,6 +132,13 @@ class PlasmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindPeer(self, request, context):
+        """Look up one node by id through the DHT and return its signed peer record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlasmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +176,11 @@ def add_PlasmServiceServicer_to_server(servicer, server):
                     servicer.FindWorkers,
                     request_deserializer=plasm_dot_v1_dot_service__pb2.FindWorkersRequest.FromString,
                     response_serializer=plasm_dot_v1_dot_service__pb2.FindWorkersResponse.SerializeToString,
+            ),
+            'FindPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindPeer,
+                    request_deserializer=plasm_dot_v1_dot_service__pb2.FindPeerRequest.FromString,
+                    response_serializer=plasm_dot_v1_dot_service__pb2.FindPeerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +373,33 @@ class PlasmService:
             '/plasm.v1.PlasmService/FindWorkers',
             plasm_dot_v1_dot_service__pb2.FindWorkersRequest.SerializeToString,
             plasm_dot_v1_dot_service__pb2.FindWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plasm.v1.PlasmService/FindPeer',
+            plasm_dot_v1_dot_service__pb2.FindPeerRequest.SerializeToString,
+            plasm_dot_v1_dot_service__pb2.FindPeerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,8 @@ class PlasmServiceStub:
     """Look up workers that can run jobs with the given requirements, through
     the DHT's capability provider keys.
     """
+    FindPeer: _grpc.UnaryUnaryMultiCallable[_service_pb2.FindPeerRequest, _service_pb2.FindPeerResponse]
+    """Look up one node by id through the DHT and return its signed peer record."""
 
 @_typing.type_check_only
 class PlasmServiceAsyncStub(PlasmServiceStub):
@@ -75,6 +77,8 @@ class PlasmServiceAsyncStub(PlasmServiceStub):
     """Look up workers that can run jobs with the given requirements, through
     the DHT's capability provider keys.
     """
+    FindPeer: _aio.UnaryUnaryMultiCallable[_service_pb2.FindPeerRequest, _service_pb2.FindPeerResponse]  # type: ignore[assignment]
+    """Look up one node by id through the DHT and return its signed peer record."""
 
 class PlasmServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API a node offers to local clients."""
@@ -138,5 +142,13 @@ class PlasmServiceServicer(metaclass=_abc_1.ABCMeta):
         """Look up workers that can run jobs with the given requirements, through
         the DHT's capability provider keys.
         """
+
+    @_abc_1.abstractmethod
+    def FindPeer(
+        self,
+        request: _service_pb2.FindPeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.FindPeerResponse, _abc.Awaitable[_service_pb2.FindPeerResponse]]:
+        """Look up one node by id through the DHT and return its signed peer record."""
 
 def add_PlasmServiceServicer_to_server(servicer: PlasmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
