@@ -108,7 +108,7 @@ def run(
     nodes: int = 50, lookups: int = 300, seed: int = 1, out: IO[str] = sys.stdout
 ) -> dict[str, Any]:
     """Start `nodes` plasmd processes, time `lookups` warm FindPeer lookups."""
-    rng = random.Random(seed)  # noqa: S311 - picks origins and targets
+    rng = random.Random(seed)
     procs: list[Proc] = []
     with tempfile.TemporaryDirectory(prefix="plasm-dht-bench-") as tmp:
         root = Path(tmp)
