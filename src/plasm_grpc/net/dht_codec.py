@@ -257,7 +257,7 @@ def _timestamp(seconds: float) -> Timestamp:
 def _seconds(ts: Timestamp, field: str) -> float:
     if not 0 <= ts.seconds <= _MAX_TIMESTAMP_SECONDS or not 0 <= ts.nanos < _NANOS:
         raise DhtCodecError(f"{field} is not a valid timestamp")
-    return ts.seconds + ts.nanos / _NANOS
+    return (ts.seconds * _NANOS + ts.nanos) / _NANOS  # one rounding, not two
 
 
 # -- peer records ------------------------------------------------------------------------
