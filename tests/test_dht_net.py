@@ -513,3 +513,22 @@ def test_a_node_without_peers_retries_bootstrap_until_a_seed_appears() -> None:
             await lonely.close()
 
     run(main())
+
+
+def test_a_node_that_advertised_alone_publishes_once_a_peer_appears() -> None:
+    async def main() -> None:
+        async with network(1, first=90) as (first,):
+            stores = await bounded(first.dht.advertise(["127.0.0.1:1"], capabilities(MIB * 64)))
+            assert all(s.stored == 0 for s in stores)  # nobody to store at
+            joiner = Peer(91)
+            await joiner.start([first.contact])
+            try:
+                await eventually(lambda: bool(joiner.events("dht_record_stored")), "republished")
+                workers = await bounded(
+                    joiner.dht.find_workers(WorkerRequirements(), limit=5, timeout=WAIT_S)
+                )
+                assert [w.node_id for w in workers] == [first.node_id]
+            finally:
+                await joiner.close()
+
+    run(main())

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from plasm_grpc.core.dht.keys import Key
+from plasm_grpc.core.dht.keys import Key, distance
 from plasm_grpc.core.dht.messages import METHODS, Refused, Response
 from plasm_grpc.core.dht.node import (
     DhtNode,
@@ -177,6 +177,10 @@ class DhtService:
         self._waiters: dict[int, asyncio.Future[OperationFinished]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._advertised: tuple[tuple[str, ...], Capabilities] | None = None
+        self._publish_ops: set[int] = set()
+        self._publish_pending = False
+        """The last publication reached nobody: publish again once a peer appears."""
+        self._bootstrapping = False
         self._saved: frozenset[Contact] | None = None
         self._seeds: list[Contact] = []
         self._started = False
@@ -254,10 +258,31 @@ class DhtService:
         """Sign and store this node's record and provider entries; await the stores.
 
         The node re-signs and republishes it every `republish_interval`, and
-        again whenever a bootstrap refills an empty routing table.
+        as soon as it has peers when a publication found nobody to store at
+        (a node advertising before its bootstrap finished, or a first node).
         """
         self._advertised = (tuple(addresses), capabilities)
-        return await self._run_all(lambda node, now: node.advertise(addresses, capabilities, now))
+        return await self._run_all(self._start_publish)
+
+    def _start_publish(self, node: DhtNode, now: float) -> list[int]:
+        assert self._advertised is not None
+        self._publish_pending = False
+        addresses, capabilities = self._advertised
+        operations = node.advertise(addresses, capabilities, now)
+        self._publish_ops.update(operations)
+        return operations
+
+    def _republish(self) -> None:
+        if self._closing or self._advertised is None:
+            return
+        self._start_publish(self.node, self._clock())
+        self._pump()
+
+    async def find_peer(self, node_id: str, *, timeout: float) -> OperationFinished:
+        """Look `node_id`'s peer record up (`record` is None if nobody holds
+        it); raises TimeoutError past `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            return await self.get_record(node_id)
 
     async def _run_all(
         self, start: Callable[[DhtNode, float], list[int]]
@@ -277,9 +302,10 @@ class DhtService:
     # -- the api's DhtView ---------------------------------------------------------------
 
     def known_peers(self) -> list[KnownPeer]:
-        """The routing table, nearest buckets last, with records and connection state."""
+        """The routing table, nearest first, with records and connection state."""
         peers = []
-        for contact in self.node.table.contacts():
+        own = self.node.contact.key
+        for contact in sorted(self.node.table.contacts(), key=lambda c: distance(c.key, own)):
             connection = self._endpoint.connection_to(contact.node_id)
             peers.append(
                 KnownPeer(
@@ -434,6 +460,9 @@ class DhtService:
         match event:
             case PeerAdded(contact=c):
                 log.event("dht_peer_added", peer=c.node_id, address=_address(c))
+                if self._publish_pending and not self._bootstrapping:
+                    self._publish_pending = False
+                    self._loop.call_soon(self._republish)
             case PeerEvicted(contact=c, reason=reason):
                 log.event("dht_peer_evicted", peer=c.node_id, address=_address(c), reason=reason)
             case PeerRejected(contact=c, reason=reason):
@@ -469,6 +498,10 @@ class DhtService:
             found=event.found,
             **fields,
         )
+        if event.operation in self._publish_ops:
+            self._publish_ops.discard(event.operation)
+            if event.kind is OperationKind.PUT_RECORD and event.stored == 0:
+                self._publish_pending = True
         waiter = self._waiters.pop(event.operation, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(event)
@@ -490,7 +523,11 @@ class DhtService:
             if len(self.node.table) == 0 and self._seeds:
                 seeds = await self._resolve(self._seeds)
                 if seeds:
-                    result = await self._bootstrap(seeds)
+                    self._bootstrapping = True
+                    try:
+                        result = await self._bootstrap(seeds)
+                    finally:
+                        self._bootstrapping = False
                     peers = len(self.node.table)
                     (self._events.event if peers else self._events.warning)(
                         "dht_bootstrapped" if peers else "dht_bootstrap_failed",
@@ -499,10 +536,10 @@ class DhtService:
                         rpcs=result.rpcs,
                         failed_rpcs=result.failed_rpcs,
                     )
-                    if peers and self._advertised is not None:
-                        addresses, capabilities = self._advertised
-                        self.node.advertise(addresses, capabilities, self._clock())
-                        self._pump()
+                    if peers:
+                        self._republish()
+            elif self._publish_pending and len(self.node.table) > 0:
+                self._republish()
             await asyncio.sleep(self.settings.bootstrap_retry_interval)
 
     async def _bootstrap(self, seeds: list[Contact]) -> OperationFinished:
