@@ -169,8 +169,7 @@ async def network(
             await eventually(lambda p=peer: bool(p.events("dht_bootstrapped")), "bootstrapped")
         yield peers
     finally:
-        for peer in peers:
-            await peer.close()
+        await asyncio.gather(*(peer.close() for peer in peers))
 
 
 @asynccontextmanager
@@ -225,6 +224,26 @@ def test_nodes_bootstrapping_from_one_node_discover_each_other() -> None:
             known = {p.contact.node_id: p for p in searcher.dht.known_peers()}
             assert set(known) == ids - {searcher.node_id}
             assert any(p.connected for p in known.values())
+
+    run(main())
+
+
+def test_nodes_joining_at_once_still_discover_each_other() -> None:
+    async def main() -> None:
+        seed = Peer(200)
+        joiners = [Peer(201 + i) for i in range(11)]
+        try:
+            await seed.start()
+            await bounded(asyncio.gather(*(p.start([seed.contact]) for p in joiners)))
+            everyone = [seed, *joiners]
+            ids = {p.node_id for p in everyone}
+            for peer in everyone:
+                await eventually(
+                    lambda p=peer: p.table() == ids - {p.node_id},
+                    f"node {peer.n} knows every other node",
+                )
+        finally:
+            await asyncio.gather(*(peer.close() for peer in [seed, *joiners]))
 
     run(main())
 

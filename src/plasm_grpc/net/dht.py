@@ -116,6 +116,10 @@ class DhtServiceSettings:
     """Seconds between bootstrap attempts while the routing table is empty."""
     snapshot_interval: float = 60.0
     """Seconds between routing table saves (only when it changed)."""
+    rejoin_after: tuple[float, ...] = (2.0, 5.0, 15.0, 60.0, 300.0)
+    """Seconds after joining at which the own-id lookup (and the refresh of
+    farther buckets) runs again, so nodes that joined at the same time find
+    each other without waiting for a bucket refresh."""
 
     def __post_init__(self) -> None:
         if min(self.rpc_timeout, self.bootstrap_retry_interval, self.snapshot_interval) <= 0:
@@ -519,28 +523,43 @@ class DhtService:
             self._pump()
 
     async def _bootstrap_loop(self) -> None:
+        rejoins: list[float] = []
         while True:
+            now = self._loop.time()
             if len(self.node.table) == 0 and self._seeds:
                 seeds = await self._resolve(self._seeds)
-                if seeds:
-                    self._bootstrapping = True
-                    try:
-                        result = await self._bootstrap(seeds)
-                    finally:
-                        self._bootstrapping = False
-                    peers = len(self.node.table)
-                    (self._events.event if peers else self._events.warning)(
-                        "dht_bootstrapped" if peers else "dht_bootstrap_failed",
-                        seeds=len(seeds),
-                        peers=peers,
-                        rpcs=result.rpcs,
-                        failed_rpcs=result.failed_rpcs,
-                    )
-                    if peers:
-                        self._republish()
+                if seeds and await self._join(seeds, "dht_bootstrapped"):
+                    start = self._loop.time()
+                    rejoins = [start + d for d in self.settings.rejoin_after]
+            elif rejoins and now >= rejoins[0] and len(self.node.table) > 0:
+                # Nodes that joined at the same time did not know each other
+                # yet: look ourselves up again so they do.
+                del rejoins[0]
+                own = self.node.contact.key
+                await self._join(self.node.table.closest(own, self.node.settings.k), "")
             elif self._publish_pending and len(self.node.table) > 0:
                 self._republish()
             await asyncio.sleep(self.settings.bootstrap_retry_interval)
+
+    async def _join(self, seeds: list[Contact], event: str) -> bool:
+        """Bootstrap through `seeds`; whether the table has peers afterwards."""
+        self._bootstrapping = True
+        try:
+            result = await self._bootstrap(seeds)
+        finally:
+            self._bootstrapping = False
+        peers = len(self.node.table)
+        if event:
+            (self._events.event if peers else self._events.warning)(
+                event if peers else "dht_bootstrap_failed",
+                seeds=len(seeds),
+                peers=peers,
+                rpcs=result.rpcs,
+                failed_rpcs=result.failed_rpcs,
+            )
+        if peers and (self._publish_pending or event):
+            self._republish()
+        return peers > 0
 
     async def _bootstrap(self, seeds: list[Contact]) -> OperationFinished:
         return await self.run_operation(lambda node, now: node.bootstrap(seeds, now))
