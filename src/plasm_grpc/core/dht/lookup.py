@@ -15,12 +15,13 @@ at or after `get_timer()` so queries older than `timeout` count as failed.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from plasm_grpc.core.dht.keys import Key, distance
+from plasm_grpc.core.dht.keys import Key
 from plasm_grpc.core.dht.routing import Contact, K
 
 ALPHA: Final = 3
@@ -55,7 +56,12 @@ class LookupStats:
 
 
 class Lookup:
-    """One iterative FIND_NODE lookup for `target`."""
+    """One iterative FIND_NODE lookup for `target`.
+
+    Entries are kept in one list sorted by distance, so each step walks only
+    the nearest entries (k plus the failed ones among them) instead of
+    sorting everything heard of; the in-flight entries are kept apart.
+    """
 
     def __init__(
         self,
@@ -77,6 +83,11 @@ class Lookup:
         self._timeout = timeout
         self._exclude = frozenset(exclude)
         self._entries: dict[str, _Entry] = {}
+        self._order: list[_Entry] = []
+        """Every entry, nearest the target first."""
+        self._flying: dict[str, _Entry] = {}
+        self._failed = 0
+        """Entries that failed (their answer may still come late)."""
         self._queries = 0
         for seed in seeds:
             self._learn(seed, hops=0)
@@ -88,18 +99,23 @@ class Lookup:
     def _learn(self, contact: Contact, hops: int) -> None:
         if contact.node_id in self._exclude or contact.node_id in self._entries:
             return
-        self._entries[contact.node_id] = _Entry(
-            contact=contact, distance=distance(contact.key, self._target), hops=hops
+        entry = _Entry(
+            contact=contact, distance=int(contact.node_id, 16) ^ self._target.value, hops=hops
         )
+        self._entries[contact.node_id] = entry
+        bisect.insort(self._order, entry, key=_by_distance)
 
     def _nearest_live(self) -> list[_Entry]:
         """The k nearest entries that have not failed, nearest first."""
-        live = [e for e in self._entries.values() if e.state is not _State.FAILED]
-        live.sort(key=lambda e: e.distance)
-        return live[: self._k]
-
-    def _in_flight(self) -> int:
-        return sum(e.state is _State.IN_FLIGHT for e in self._entries.values())
+        if not self._failed:
+            return self._order[: self._k]
+        live: list[_Entry] = []
+        for entry in self._order:
+            if entry.state is not _State.FAILED:
+                live.append(entry)
+                if len(live) == self._k:
+                    break
+        return live
 
     @property
     def done(self) -> bool:
@@ -107,9 +123,9 @@ class Lookup:
 
     def next_queries(self, now: float) -> list[Contact]:
         """Contacts to send FIND_NODE(target) to now; marks them in flight."""
-        if self.done:
+        budget = self._alpha - len(self._flying)
+        if budget <= 0:
             return []
-        budget = self._alpha - self._in_flight()
         chosen: list[Contact] = []
         for entry in self._nearest_live():
             if budget <= 0:
@@ -117,6 +133,7 @@ class Lookup:
             if entry.state is _State.CANDIDATE:
                 entry.state = _State.IN_FLIGHT
                 entry.sent_at = now
+                self._flying[entry.contact.node_id] = entry
                 chosen.append(entry.contact)
                 budget -= 1
         self._queries += len(chosen)
@@ -132,25 +149,34 @@ class Lookup:
         entry = self._entries.get(contact.node_id)
         if entry is None or entry.state not in (_State.IN_FLIGHT, _State.FAILED):
             return
+        if entry.state is _State.FAILED:
+            self._failed -= 1
         entry.state = _State.ANSWERED
+        self._flying.pop(contact.node_id, None)
+        entries, exclude, hops = self._entries, self._exclude, entry.hops + 1
         for other in closer:
-            self._learn(other, hops=entry.hops + 1)
+            if other.node_id not in entries and other.node_id not in exclude:
+                self._learn(other, hops)
 
     def on_failure(self, contact: Contact, now: float) -> None:
         del now
-        entry = self._entries.get(contact.node_id)
-        if entry is not None and entry.state is _State.IN_FLIGHT:
+        entry = self._flying.pop(contact.node_id, None)
+        if entry is not None:
             entry.state = _State.FAILED
+            self._failed += 1
 
     def get_timer(self) -> float | None:
         """When the oldest query in flight times out, or None."""
-        times = [e.sent_at for e in self._entries.values() if e.state is _State.IN_FLIGHT]
-        return min(times) + self._timeout if times else None
+        if not self._flying:
+            return None
+        return min(e.sent_at for e in self._flying.values()) + self._timeout
 
     def on_timer(self, now: float) -> None:
-        for entry in self._entries.values():
-            if entry.state is _State.IN_FLIGHT and now - entry.sent_at >= self._timeout:
+        for node_id, entry in list(self._flying.items()):
+            if now - entry.sent_at >= self._timeout:
                 entry.state = _State.FAILED
+                self._failed += 1
+                del self._flying[node_id]
 
     def result(self) -> list[Contact]:
         """The (up to) k nearest contacts that answered, nearest first."""
@@ -166,3 +192,7 @@ class Lookup:
             failed=states.count(_State.FAILED),
             hops=max(result_hops, default=0),
         )
+
+
+def _by_distance(entry: _Entry) -> int:
+    return entry.distance

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from plasm_grpc.core.dht.keys import KEY_BYTES, Key, distance
+from plasm_grpc.core.dht.keys import KEY_BITS, KEY_BYTES, Key, bucket_index, distance
 from plasm_grpc.core.dht.lookup import ALPHA, Lookup
 from plasm_grpc.core.dht.messages import (
     MAX_CONTACTS,
@@ -105,6 +105,14 @@ class DhtSettings:
     learn_peer_records: bool = True
     """Ping new table entries once to learn their peer records (capabilities)."""
     exempt_loopback: bool = True
+    evict_ping_grace: float = 30.0
+    """A full bucket's least-recently seen contact is pinged before a newcomer
+    may replace it only if it has not answered for this long (see
+    `RoutingTable`); 0 pings every time."""
+    refresh_on_join: bool = True
+    """After the own-id lookup of `bootstrap`, refresh every bucket farther
+    than the nearest neighbour found (section 2.3), so a new node's far
+    buckets are filled at once rather than at the first refresh."""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.alpha < 1 or self.get_quorum < 1 or self.providers_wanted < 1:
@@ -252,6 +260,8 @@ class _Operation:
     providers: dict[str, PeerRecord] = field(default_factory=dict)
     failed: int = 0
     rpcs: int = 0
+    flying: int = 0
+    """RPCs of this operation in flight."""
 
 
 class DhtNode:
@@ -277,6 +287,7 @@ class DhtNode:
             k=self.settings.k,
             now=now,
             exempt_loopback=self.settings.exempt_loopback,
+            ping_grace=self.settings.evict_ping_grace,
         )
         self._limiter = RateLimiter(rate=self.settings.rate, burst=self.settings.burst)
         self._records: dict[str, PeerRecord] = {}
@@ -292,6 +303,8 @@ class DhtNode:
         self._outbox: list[OutgoingRequest] = []
         self._events: deque[Event] = deque()
         self._learning: dict[str, float] = {}
+        self._learn_pings = 0
+        """LEARN pings in flight."""
         self._next_rpc = 0
         self._next_operation = 0
         self._expiries: list[tuple[float, int, Key | None, str]] = []
@@ -428,11 +441,11 @@ class DhtNode:
 
     def _learn_requester(self, sender: Contact, now: float) -> None:
         """Ping an unknown requester; it enters the table only if it answers."""
-        if sender.node_id in self.table or sender.node_id == self.node_id:
-            return
+        if not self.table.wants(sender.node_id, now):
+            return  # known, or it could only wait in a full bucket's replacement cache
         if now - self._learning.get(sender.node_id, -_LEARN_PING_BACKOFF) < _LEARN_PING_BACKOFF:
             return
-        if sum(r.purpose is _Purpose.LEARN for r in self._rpcs.values()) >= _MAX_LEARN_PINGS:
+        if self._learn_pings >= _MAX_LEARN_PINGS:
             return
         self._learning[sender.node_id] = now
         if len(self._learning) > 4 * _MAX_LEARN_PINGS:
@@ -534,9 +547,23 @@ class DhtNode:
         self._next_rpc += 1
         self._rpcs[self._next_rpc] = _Rpc(contact=contact, purpose=purpose, operation=operation)
         self._outbox.append(OutgoingRequest(rpc=self._next_rpc, contact=contact, request=request))
+        if purpose is _Purpose.LEARN:
+            self._learn_pings += 1
+        if operation:
+            self._operations[operation].flying += 1
+
+    def _pop_rpc(self, rpc: int) -> _Rpc | None:
+        pending = self._rpcs.pop(rpc, None)
+        if pending is not None:
+            if pending.purpose is _Purpose.LEARN:
+                self._learn_pings -= 1
+            operation = self._operations.get(pending.operation)
+            if operation is not None:
+                operation.flying -= 1
+        return pending
 
     def handle_response(self, rpc: int, response: Response, now: float) -> None:
-        pending = self._rpcs.pop(rpc, None)
+        pending = self._pop_rpc(rpc)
         if pending is None:
             return
         if isinstance(response, Refused):
@@ -587,7 +614,7 @@ class DhtNode:
 
     def handle_failure(self, rpc: int, now: float) -> None:
         """The transport gave up on `rpc` (timeout, refused connection, error)."""
-        pending = self._rpcs.pop(rpc, None)
+        pending = self._pop_rpc(rpc)
         if pending is not None:
             self._failed(pending, now, evict=True)
 
@@ -735,11 +762,8 @@ class DhtNode:
         request = self._request_for(operation)
         for contact in queries:
             self._send(contact, request, _Purpose.LOOKUP, operation.id)
-        if not queries and not self._in_flight(operation):
+        if not queries and not operation.flying:
             self._finish(operation, now)  # nobody left to ask
-
-    def _in_flight(self, operation: _Operation) -> bool:
-        return any(r.operation == operation.id for r in self._rpcs.values())
 
     def _satisfied(self, operation: _Operation) -> bool:
         if operation.kind is OperationKind.GET_RECORD:
@@ -782,6 +806,18 @@ class DhtNode:
                 stored=operation.stored,
             )
         )
+        if operation.kind is OperationKind.BOOTSTRAP and self.settings.refresh_on_join:
+            self._refresh_after_join(operation.lookup.result(), now)
+
+    def _refresh_after_join(self, neighbours: list[Contact], now: float) -> None:
+        """Section 2.3: "Finally, u refreshes all k-buckets further away than its
+        closest neighbor." One lookup for a random key in each such bucket."""
+        if not neighbours:
+            return
+        nearest = bucket_index(self.contact.key, neighbours[0].key)
+        for index in range(nearest + 1, KEY_BITS):
+            target = self.table.random_key_in_bucket(index, self._randbytes(KEY_BYTES))
+            self._start(OperationKind.REFRESH, target, now)
 
     # -- timers --------------------------------------------------------------------------
 

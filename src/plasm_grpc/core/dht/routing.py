@@ -35,7 +35,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
 
-from plasm_grpc.core.dht.keys import KEY_BITS, KEY_BYTES, Key, bucket_index, distance
+from plasm_grpc.core.dht.keys import KEY_BITS, KEY_BYTES, Key, bucket_index
 from plasm_grpc.core.errors import InvalidIdError
 from plasm_grpc.core.ids import check_hex64
 
@@ -129,77 +129,141 @@ def _address_groups(host: str) -> tuple[str, str]:
 @dataclass(slots=True)
 class _Bucket:
     last_touched: float
-    contacts: OrderedDict[str, Contact] = field(default_factory=OrderedDict)
-    """Least-recently seen first."""
+    contacts: dict[str, Contact] = field(default_factory=dict)
+    """Least-recently seen first (a plain dict keeps insertion order and
+    iterates faster than an OrderedDict; moving to the end is pop + insert)."""
+    seen: dict[str, float] = field(default_factory=dict)
+    """When each contact last answered."""
     replacements: OrderedDict[str, Contact] = field(default_factory=OrderedDict)
     """Oldest first; the freshest is promoted."""
     pending_ping: str | None = None
+    ips: Counter[str] = field(default_factory=Counter)
+    subnets: Counter[str] = field(default_factory=Counter)
 
 
 class RoutingTable:
-    """256 k-buckets around `own_id`. See the module docstring for the rules."""
+    """256 k-buckets around `own_id`. See the module docstring for the rules.
+
+    `ping_grace`: when a bucket is full and its least-recently seen contact
+    answered less than this many seconds ago, the newcomer goes straight to
+    the replacement cache without a ping, which is the outcome a ping would
+    almost surely have (section 4.1 suggests cutting such traffic); a dead
+    contact is still found and replaced when an RPC to it fails (`remove`).
+    """
 
     def __init__(
-        self, own_id: str, *, k: int = K, now: float, exempt_loopback: bool = True
+        self,
+        own_id: str,
+        *,
+        k: int = K,
+        now: float,
+        exempt_loopback: bool = True,
+        ping_grace: float = 0.0,
     ) -> None:
         if k < 1:
             raise ValueError("k must be at least 1")
+        if ping_grace < 0:
+            raise ValueError("ping_grace must be non-negative")
         self._own = Key.from_hex(own_id)
+        self._own_hex = self._own.hex
         self._k = k
         self._exempt_loopback = exempt_loopback
-        self._buckets = [_Bucket(last_touched=now) for _ in range(KEY_BITS)]
+        self._ping_grace = ping_grace
+        self._created = now
+        self._buckets: dict[int, _Bucket] = {}
+        """Created on first use: most of the 256 are never needed."""
+        self._where: dict[str, int] = {}
+        """The bucket index of every contact in the table."""
+        self._values: dict[str, int] = {}
+        """The id of every contact in the table as an integer."""
+        self._nonempty_desc: list[int] | None = None
+        """Indices of the non-empty buckets, highest first (None: recompute)."""
         self._ips: Counter[str] = Counter()
         self._subnets: Counter[str] = Counter()
 
     @property
     def own_id(self) -> str:
-        return self._own.hex
+        return self._own_hex
 
     @property
     def k(self) -> int:
         return self._k
 
     def __len__(self) -> int:
-        return sum(len(b.contacts) for b in self._buckets)
+        return len(self._where)
 
     def __contains__(self, node_id: object) -> bool:
-        if not isinstance(node_id, str) or node_id == self._own.hex:
-            return False
-        return node_id in self._buckets[self._index(node_id)].contacts
+        return node_id in self._where
 
     def contacts(self) -> list[Contact]:
-        return [c for b in self._buckets for c in b.contacts.values()]
+        return [c for i in sorted(self._nonempty()) for c in self._buckets[i].contacts.values()]
 
     def bucket(self, index: int) -> list[Contact]:
         """Contacts of bucket `index`, least-recently seen first."""
-        return list(self._buckets[index].contacts.values())
+        bucket = self._buckets.get(index)
+        return list(bucket.contacts.values()) if bucket else []
 
     def replacements(self, index: int) -> list[Contact]:
-        return list(self._buckets[index].replacements.values())
+        bucket = self._buckets.get(index)
+        return list(bucket.replacements.values()) if bucket else []
+
+    def _nonempty(self) -> list[int]:
+        """Indices of the non-empty buckets, highest first."""
+        if self._nonempty_desc is None:
+            self._nonempty_desc = sorted(
+                (i for i, b in self._buckets.items() if b.contacts), reverse=True
+            )
+        return self._nonempty_desc
+
+    def wants(self, node_id: str, now: float) -> bool:
+        """Whether `node_id`, if it answered now, could enter the table at once or
+        prompt an eviction ping: False when it is in the table already or its
+        bucket is full of contacts heard from within `ping_grace` (it would
+        only wait in the replacement cache). Used to skip pinging back
+        requesters that could not be added anyway."""
+        if node_id in self._where or node_id == self._own_hex:
+            return False
+        try:
+            index = (int(node_id, 16) ^ self._own.value).bit_length() - 1
+        except ValueError:
+            return False
+        bucket = self._buckets.get(index)
+        if bucket is None or len(bucket.contacts) < self._k:
+            return True
+        if bucket.pending_ping is not None:
+            return False
+        oldest = next(iter(bucket.contacts))
+        return now - bucket.seen[oldest] >= self._ping_grace
 
     def _index(self, node_id: str) -> int:
+        index = self._where.get(node_id)
+        if index is not None:
+            return index
         return bucket_index(self._own, Key.from_hex(node_id))
+
+    def _bucket(self, index: int) -> _Bucket:
+        bucket = self._buckets.get(index)
+        if bucket is None:
+            bucket = self._buckets[index] = _Bucket(last_touched=self._created)
+        return bucket
+
+    def _last_touched(self, index: int) -> float:
+        bucket = self._buckets.get(index)
+        return self._created if bucket is None else bucket.last_touched
 
     def _diversity(self, bucket: _Bucket, contact: Contact) -> RejectReason | None:
         if self._exempt_loopback and _is_loopback(contact.host):
             return None
         ip, subnet = _address_groups(contact.host)
         known = bucket.contacts.get(contact.node_id)
-        known_groups = _address_groups(known.host) if known is not None else ("", "")
-        if self._ips[ip] - (known_groups[0] == ip) >= MAX_PER_IP_TABLE:
+        known_ip, known_subnet = _address_groups(known.host) if known is not None else ("", "")
+        if self._ips[ip] - (known_ip == ip) >= MAX_PER_IP_TABLE:
             return RejectReason.TABLE_IP_LIMIT
-        if self._subnets[subnet] - (known_groups[1] == subnet) >= MAX_PER_SUBNET_TABLE:
+        if self._subnets[subnet] - (known_subnet == subnet) >= MAX_PER_SUBNET_TABLE:
             return RejectReason.TABLE_SUBNET_LIMIT
-        same_ip = same_subnet = 0
-        for other in bucket.contacts.values():
-            if other.node_id == contact.node_id:
-                continue
-            other_ip, other_subnet = _address_groups(other.host)
-            same_ip += other_ip == ip
-            same_subnet += other_subnet == subnet
-        if same_ip >= MAX_PER_IP:
+        if bucket.ips[ip] - (known_ip == ip) >= MAX_PER_IP:
             return RejectReason.IP_LIMIT
-        if same_subnet >= MAX_PER_SUBNET:
+        if bucket.subnets[subnet] - (known_subnet == subnet) >= MAX_PER_SUBNET:
             return RejectReason.SUBNET_LIMIT
         return None
 
@@ -211,29 +275,43 @@ class RoutingTable:
         replacement cache meanwhile), a `Rejected` when the contact is this
         node or breaks a diversity limit, and None otherwise.
         """
-        if contact.node_id == self._own.hex:
+        node_id = contact.node_id
+        index = self._where.get(node_id)
+        if index is not None:
+            bucket = self._buckets[index]
+            known = bucket.contacts[node_id]
+            if known.host != contact.host or known.port != contact.port:
+                # It answered from another address: check that one's limits.
+                reason = self._diversity(bucket, contact)
+                if reason is not None:
+                    return Rejected(contact=contact, reason=reason)
+                self._take(bucket, node_id)
+                self._put(bucket, index, contact, now)
+            else:  # the common case: move to the tail (most recently seen)
+                bucket.contacts[node_id] = bucket.contacts.pop(node_id)
+                bucket.seen[node_id] = now
+            bucket.last_touched = now
+            return None
+        if node_id == self._own_hex:
             return Rejected(contact=contact, reason=RejectReason.SELF)
-        index = self._index(contact.node_id)
-        bucket = self._buckets[index]
+        index = bucket_index(self._own, contact.key)
+        bucket = self._bucket(index)
         reason = self._diversity(bucket, contact)
         if reason is not None:
             return Rejected(contact=contact, reason=reason)
         bucket.last_touched = now
-        if contact.node_id in bucket.contacts:
-            # Known node: move to the tail, taking the address it answered from.
-            self._take(bucket, contact.node_id)
-            self._put(bucket, contact)
-            return None
-        bucket.replacements.pop(contact.node_id, None)
+        bucket.replacements.pop(node_id, None)
         if len(bucket.contacts) < self._k:
-            self._put(bucket, contact)
+            self._put(bucket, index, contact, now)
             return None
-        bucket.replacements[contact.node_id] = contact
+        bucket.replacements[node_id] = contact
         while len(bucket.replacements) > REPLACEMENT_CACHE_SIZE:
             bucket.replacements.popitem(last=False)
         if bucket.pending_ping is not None:
             return None
         oldest = next(iter(bucket.contacts.values()))
+        if now - bucket.seen[oldest.node_id] < self._ping_grace:
+            return None  # heard from recently enough: the newcomer waits in the cache
         bucket.pending_ping = oldest.node_id
         return PingRequest(contact=oldest, bucket=index)
 
@@ -242,60 +320,83 @@ class RoutingTable:
 
         Returns the replacement promoted when a dead contact was dropped.
         """
-        if node_id == self._own.hex:
+        if node_id == self._own_hex:
             return None
-        index = self._index(node_id)
-        bucket = self._buckets[index]
+        bucket = self._buckets.get(self._index(node_id))
+        if bucket is None:
+            return None
         if bucket.pending_ping == node_id:
             bucket.pending_ping = None
         if node_id not in bucket.contacts:
             return None
         if alive:
-            bucket.contacts.move_to_end(node_id)
+            bucket.contacts[node_id] = bucket.contacts.pop(node_id)
+            bucket.seen[node_id] = now
             bucket.last_touched = now
             return None
-        return self._drop(bucket, node_id)
+        return self._drop(bucket, node_id, now)
 
     def remove(self, node_id: str) -> Contact | None:
         """Forget `node_id` (e.g. it stopped answering) and promote a replacement.
 
         Returns the replacement promoted, if any.
         """
-        if node_id == self._own.hex:
+        if node_id == self._own_hex:
             return None
-        bucket = self._buckets[self._index(node_id)]
+        bucket = self._buckets.get(self._index(node_id))
+        if bucket is None:
+            return None
         bucket.replacements.pop(node_id, None)
         if bucket.pending_ping == node_id:
             bucket.pending_ping = None
         if node_id in bucket.contacts:
-            return self._drop(bucket, node_id)
+            return self._drop(bucket, node_id, bucket.seen[node_id])
         return None
 
-    def _put(self, bucket: _Bucket, contact: Contact) -> None:
+    def _put(self, bucket: _Bucket, index: int, contact: Contact, now: float) -> None:
+        if not bucket.contacts:
+            self._nonempty_desc = None
         bucket.contacts[contact.node_id] = contact
+        bucket.seen[contact.node_id] = now
+        self._where[contact.node_id] = index
+        self._values[contact.node_id] = int(contact.node_id, 16)
         ip, subnet = _address_groups(contact.host)
         self._ips[ip] += 1
         self._subnets[subnet] += 1
+        bucket.ips[ip] += 1
+        bucket.subnets[subnet] += 1
 
     def _take(self, bucket: _Bucket, node_id: str) -> None:
         contact = bucket.contacts.pop(node_id)
+        if not bucket.contacts:
+            self._nonempty_desc = None
+        del bucket.seen[node_id]
+        del self._where[node_id]
+        del self._values[node_id]
         ip, subnet = _address_groups(contact.host)
-        self._ips[ip] -= 1
-        self._subnets[subnet] -= 1
-        if self._ips[ip] <= 0:
-            del self._ips[ip]
-        if self._subnets[subnet] <= 0:
-            del self._subnets[subnet]
+        for counter, group in (
+            (self._ips, ip),
+            (self._subnets, subnet),
+            (bucket.ips, ip),
+            (bucket.subnets, subnet),
+        ):
+            counter[group] -= 1
+            if counter[group] <= 0:
+                del counter[group]
 
-    def _drop(self, bucket: _Bucket, node_id: str) -> Contact | None:
-        """Remove `node_id`; return the replacement promoted in its place, if any."""
+    def _drop(self, bucket: _Bucket, node_id: str, now: float) -> Contact | None:
+        """Remove `node_id`; return the replacement promoted in its place, if any.
+
+        `now` becomes the promoted contact's last-seen time (it is not known
+        when it last answered, only that it did after the dropped one)."""
+        index = self._where[node_id]
         self._take(bucket, node_id)
         # Section 4.1: the most recently seen cached contact replaces it.
         for candidate_id in reversed(bucket.replacements):
             candidate = bucket.replacements[candidate_id]
             if self._diversity(bucket, candidate) is None:
                 del bucket.replacements[candidate_id]
-                self._put(bucket, candidate)
+                self._put(bucket, index, candidate, now)
                 return candidate
         return None
 
@@ -312,22 +413,29 @@ class RoutingTable:
             raise ValueError("count must be non-negative")
         if count == 0:
             return []
-        d = distance(self._own, target)
+        d = self._own.value ^ target.value
+        t = target.value
         # Buckets whose range shares target's bit pattern come first (higher
-        # bits of d set), then the rest from nearest to farthest.
-        first = [i for i in range(KEY_BITS - 1, -1, -1) if d >> i & 1]
-        rest = [i for i in range(KEY_BITS) if not d >> i & 1]
-        found: list[Contact] = []
-        for i in first + rest:
-            found.extend(self._buckets[i].contacts.values())
-            if len(found) >= count:
+        # bits of d set, the higher the nearer), then the rest from nearest
+        # to farthest. Only non-empty buckets are visited.
+        desc = self._nonempty()
+        order = [i for i in desc if d >> i & 1]
+        order.extend(i for i in reversed(desc) if not d >> i & 1)
+        ids: list[str] = []
+        buckets = self._buckets
+        for i in order:
+            ids.extend(buckets[i].contacts)
+            if len(ids) >= count:
                 break
-        found.sort(key=lambda c: distance(c.key, target))
-        return found[:count]
+        # Distances are distinct (so are ids): sorting (distance, id) pairs never
+        # compares ids, and the whole sort runs without a Python-level key.
+        pairs = sorted(zip(map(t.__xor__, map(self._values.__getitem__, ids)), ids, strict=True))
+        where = self._where
+        return [buckets[where[node_id]].contacts[node_id] for _, node_id in pairs[:count]]
 
     def touch(self, index: int, now: float) -> None:
         """Mark bucket `index` refreshed, e.g. after a lookup in its range."""
-        self._buckets[index].last_touched = now
+        self._bucket(index).last_touched = now
 
     def touch_key(self, target: Key, now: float) -> None:
         if target != self._own:
@@ -340,12 +448,9 @@ class RoutingTable:
         exponentially small parts of the space and are almost surely empty;
         the own-id lookup at join and refreshes of the others cover them.
         """
-        nonempty = [i for i, b in enumerate(self._buckets) if b.contacts]
-        lowest = nonempty[0] if nonempty else 0
+        lowest = min(self._nonempty(), default=0)
         return [
-            i
-            for i in range(lowest, KEY_BITS)
-            if now - self._buckets[i].last_touched >= refresh_interval
+            i for i in range(lowest, KEY_BITS) if now - self._last_touched(i) >= refresh_interval
         ]
 
     def random_key_in_bucket(self, index: int, random_bytes: bytes) -> Key:
