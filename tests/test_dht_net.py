@@ -551,3 +551,29 @@ def test_a_node_that_advertised_alone_publishes_once_a_peer_appears() -> None:
                 await joiner.close()
 
     run(main())
+
+
+# -- daemon configuration ----------------------------------------------------------------
+
+
+def test_dht_config_defaults_and_ranges(tmp_path: Path) -> None:
+    from plasm_grpc.daemon.config import ConfigError, load_config
+
+    config = load_config(None)
+    assert config.dht.enabled
+    assert config.dht.republish_interval_s < config.dht.record_ttl_s
+    path = tmp_path / "plasmd.toml"
+    path.write_text("[dht]\nrate_per_s = 5\nburst = 7\nrpc_timeout_s = 1.5\n")
+    custom = load_config(path)
+    assert (custom.dht.rate_per_s, custom.dht.burst, custom.dht.rpc_timeout_s) == (5.0, 7, 1.5)
+    for bad, match in [
+        ("burst = 0", "dht.burst must be between"),
+        ("record_ttl_s = 100000", "dht.record_ttl_s must be between"),
+        ("republish_interval_s = 7200", "shorter than dht.record_ttl_s"),
+        ("rpc_timeout_s = 0", "dht.rpc_timeout_s must be between"),
+        ("enabled = 1", "dht.enabled must be true or false"),
+        ("nope = 1", "unknown key 'dht.nope'"),
+    ]:
+        path.write_text(f"[dht]\n{bad}\n")
+        with pytest.raises(ConfigError, match=match):
+            load_config(path)

@@ -93,6 +93,30 @@ class OverlayConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DhtConfig:
+    # Run the Kademlia DHT over the overlay (needs overlay.listen).
+    enabled: bool = True
+    # Seconds one DHT request to a peer may take, dialling included.
+    rpc_timeout_s: float = 5.0
+    # Inbound DHT requests each peer may make per second, after `burst` at once.
+    rate_per_s: float = 50.0
+    burst: int = 100
+    # Lifetime of this node's signed peer record, and how often it is re-signed
+    # and stored again (must be shorter).
+    record_ttl_s: float = 7200.0
+    republish_interval_s: float = 1800.0
+    # A routing table bucket with no lookup or answer for this long is refreshed.
+    refresh_interval_s: float = 3600.0
+    # Seconds between saves of the routing table (dht_peers.pb) when it changed.
+    snapshot_interval_s: float = 60.0
+    # Most DHT requests this node has in flight at once.
+    max_rpcs_in_flight: int = 64
+    # Most peer records and provider entries this node holds for others.
+    max_records: int = 4096
+    max_provider_entries: int = 16384
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoreConfig:
     # "normal": a receipt is committed before it is acknowledged and survives a
     # crash or kill -9 of plasmd; "full": also fsync'd, so it survives power loss.
@@ -113,6 +137,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     store: StoreConfig = StoreConfig()
     overlay: OverlayConfig = OverlayConfig()
+    dht: DhtConfig = DhtConfig()
     log: LogConfig = LogConfig()
 
     def effective_slots(self) -> int:
@@ -219,6 +244,7 @@ def validate(config: Config) -> Config:
     _check_range(
         config.overlay.max_connections_per_ip, "overlay.max_connections_per_ip", 1, 100_000
     )
+    _check_dht(config.dht)
     # Ranges: the wire types (uint32 timeout_ms), wasm32 (4 GiB memory), and
     # what the runtime can reserve, so a bad value is a message, not a crash.
     _check_range(config.limits.max.max_memory_bytes, "limits.max.max_memory_bytes", 65536, 4 * GIB)
@@ -242,6 +268,25 @@ def validate(config: Config) -> Config:
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+
+
+def _check_dht(dht: DhtConfig) -> None:
+    _check_range(dht.rpc_timeout_s, "dht.rpc_timeout_s", 0.1, 120)
+    _check_range(dht.rate_per_s, "dht.rate_per_s", 0.1, 100_000)
+    _check_range(dht.burst, "dht.burst", 1, 100_000)
+    # A record may not claim to live longer than 24 h (core.dht.records.MAX_RECORD_TTL).
+    _check_range(dht.record_ttl_s, "dht.record_ttl_s", 60, 24 * 3600)
+    _check_range(dht.republish_interval_s, "dht.republish_interval_s", 30, 24 * 3600)
+    if dht.republish_interval_s >= dht.record_ttl_s:
+        raise ConfigError(
+            "dht.republish_interval_s must be shorter than dht.record_ttl_s, or a record"
+            " expires before it is stored again"
+        )
+    _check_range(dht.refresh_interval_s, "dht.refresh_interval_s", 60, 7 * 24 * 3600)
+    _check_range(dht.snapshot_interval_s, "dht.snapshot_interval_s", 1, 24 * 3600)
+    _check_range(dht.max_rpcs_in_flight, "dht.max_rpcs_in_flight", 1, 10_000)
+    _check_range(dht.max_records, "dht.max_records", 1, 10_000_000)
+    _check_range(dht.max_provider_entries, "dht.max_provider_entries", 1, 10_000_000)
 
 
 def _check_range(value: float, key: str, low: float, high: float) -> None:

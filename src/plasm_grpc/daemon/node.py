@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import signal
 import socket
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +20,27 @@ from grpc_reflection.v1alpha import reflection
 from plasm.v1 import service_pb2, service_pb2_grpc
 
 from plasm_grpc.api import codec
-from plasm_grpc.api.service import NodeFacts, PeerView, PlasmServicer
+from plasm_grpc.api.service import DhtPeer, NodeFacts, PeerLookup, PeerView, PlasmServicer
+from plasm_grpc.core.dht.node import DhtSettings
+from plasm_grpc.core.dht.records import (
+    DEFAULT_WASI_VERSION,
+    Capabilities,
+    PeerRecord,
+    WorkerRequirements,
+)
+from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.daemon.config import Config, parse_bootstrap, parse_host_port
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
 from plasm_grpc.jobs.executor import InputLimits, JobExecutor
 from plasm_grpc.logs import EventLog
-from plasm_grpc.net import OverlayEndpoint, OverlaySettings
+from plasm_grpc.net import (
+    DhtClosedError,
+    DhtService,
+    DhtServiceSettings,
+    OverlayEndpoint,
+    OverlaySettings,
+)
 from plasm_grpc.sandbox.cache import CacheSettings, ModuleCache
 from plasm_grpc.sandbox.engine import EngineError, EngineSettings, SandboxEngine
 from plasm_grpc.sandbox.runner import Sandbox
@@ -50,6 +66,7 @@ class Node:
     socket_inode: int | None
     overlay: OverlayEndpoint | None
     bootstrap_tasks: list[asyncio.Task[None]]
+    dht: DhtService | None = None
 
     async def stop(self) -> None:
         """Drain: refuse new jobs, finish admitted ones, then close everything."""
@@ -71,6 +88,9 @@ class Node:
             await self.executor.drain(self.config.grpc.shutdown_grace_s + 5)
         for task in self.bootstrap_tasks:
             task.cancel()
+        await asyncio.gather(*self.bootstrap_tasks, return_exceptions=True)
+        if self.dht is not None:
+            await self.dht.close()  # saves the routing table; before the overlay goes
         if self.overlay is not None:
             await self.overlay.close()
         await self.server.stop(self.config.grpc.shutdown_grace_s)
@@ -150,6 +170,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
             raise
         addresses.append(f"unix:{sock}")
     overlay = await _start_overlay(config, key, log)
+    dht = await _start_dht(config, key, overlay, log) if overlay else None
     servicer = PlasmServicer(
         executor,
         NodeFacts(
@@ -157,6 +178,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
             started_at_ns=time.time_ns(),
             overlay_address=f"{overlay.host}:{overlay.port}" if overlay else "",
             peers=(lambda: _peer_views(overlay)) if overlay else (lambda: ()),
+            dht=_DhtView(dht) if dht else None,
         ),
         log,
     )
@@ -186,6 +208,17 @@ async def start_node(config: Config, log: EventLog) -> Node:
         job_slots=executor.slots,
         runtime=f"wasmtime {engine.runtime.version}",
     )
+    background: list[asyncio.Task[None]] = []
+    if dht is not None and overlay is not None:
+        capabilities = _capabilities(config, engine, executor)
+        background.append(
+            asyncio.create_task(_advertise(dht, [f"{overlay.host}:{overlay.port}"], capabilities))
+        )
+    elif overlay is not None:  # the DHT is off: just keep the bootstrap peers connected
+        background.extend(
+            asyncio.create_task(_keep_connected(overlay, entry, config, log))
+            for entry in config.overlay.bootstrap
+        )
     return Node(
         config,
         log,
@@ -197,12 +230,8 @@ async def start_node(config: Config, log: EventLog) -> Node:
         tuple(addresses),
         socket_inode,
         overlay,
-        [
-            asyncio.create_task(_keep_connected(overlay, entry, config, log))
-            for entry in config.overlay.bootstrap
-        ]
-        if overlay
-        else [],
+        background,
+        dht,
     )
 
 
@@ -227,6 +256,100 @@ async def _start_overlay(config: Config, key: NodeKey, log: EventLog) -> Overlay
             f"cannot bind the overlay on udp {config.overlay.listen}: {err}"
         ) from err
     return endpoint
+
+
+async def _start_dht(
+    config: Config, key: NodeKey, overlay: OverlayEndpoint, log: EventLog
+) -> DhtService | None:
+    """The DHT over `overlay`, bootstrapping from overlay.bootstrap and the saved table."""
+    if not config.dht.enabled:
+        return None
+    d = config.dht
+    dht = DhtService(
+        overlay,
+        key,
+        events=log,
+        data_dir=config.data_dir,
+        settings=DhtServiceSettings(
+            node=DhtSettings(
+                record_ttl=d.record_ttl_s,
+                republish_interval=d.republish_interval_s,
+                refresh_interval=d.refresh_interval_s,
+                rate=d.rate_per_s,
+                burst=d.burst,
+                max_records=d.max_records,
+                max_provider_entries=d.max_provider_entries,
+            ),
+            rpc_timeout=d.rpc_timeout_s,
+            max_rpcs_in_flight=d.max_rpcs_in_flight,
+            bootstrap_retry_interval=config.overlay.reconnect_interval_s,
+            snapshot_interval=d.snapshot_interval_s,
+        ),
+    )
+    seeds = []
+    for entry in config.overlay.bootstrap:
+        node_id, host, port = parse_bootstrap(entry)
+        if node_id != key.node_id:
+            seeds.append(Contact(node_id=node_id, host=host, port=port))
+    await dht.start(seeds)
+    return dht
+
+
+async def _advertise(dht: DhtService, addresses: list[str], capabilities: Capabilities) -> None:
+    """Publish the own record; the DHT republishes it (and again once it has peers)."""
+    with contextlib.suppress(DhtClosedError):
+        await dht.advertise(addresses, capabilities)
+
+
+def _capabilities(config: Config, engine: SandboxEngine, executor: JobExecutor) -> Capabilities:
+    """What this node offers, as its peer record says (GetNodeInfo's capabilities)."""
+    runtime = engine.runtime
+    return Capabilities(
+        arch=platform.machine(),
+        os=platform.system().lower(),
+        cores=os.cpu_count() or 1,
+        memory_bytes=_total_memory(),
+        runtime_name=runtime.name,
+        runtime_version=runtime.version,
+        wasi_version=runtime.wasi_version or DEFAULT_WASI_VERSION,
+        max_limits=config.limits.max,
+        free_job_slots=executor.free_slots,
+        total_job_slots=executor.slots,
+    )
+
+
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class _DhtView:
+    """The api's DhtView over the DhtService (net and api do not import each other)."""
+
+    service: DhtService
+
+    def known_peers(self) -> Sequence[DhtPeer]:
+        return [
+            DhtPeer(contact=p.contact, record=p.record, connected=p.connected)
+            for p in self.service.known_peers()
+        ]
+
+    async def find_workers(
+        self, requirements: WorkerRequirements, *, limit: int, timeout: float
+    ) -> Sequence[PeerRecord]:
+        return await self.service.find_workers(requirements, limit=limit, timeout=timeout)
+
+    async def find_peer(self, node_id: str, *, timeout: float) -> PeerLookup:
+        own = self.service.node.own_record
+        if node_id == self.service.node_id:
+            return PeerLookup(record=own, hops=0, rpcs=0, duration_s=0.0)
+        found = await self.service.find_peer(node_id, timeout=timeout)
+        return PeerLookup(
+            record=found.record, hops=found.hops, rpcs=found.rpcs, duration_s=found.duration
+        )
 
 
 async def _keep_connected(

@@ -238,7 +238,9 @@ class DhtService:
                 waiter.set_exception(DhtClosedError("the DHT service closed"))
         self._waiters.clear()
         await self.save_snapshot()
-        self._events.event("dht_stopped", node_id=self.node_id, peers=len(self.node.table))
+        self._events.event(
+            "dht_stopped", level="debug", node_id=self.node_id, peers=len(self.node.table)
+        )
 
     # -- operations ----------------------------------------------------------------------
 
@@ -610,7 +612,10 @@ class DhtService:
             return False
         self._saved = frozenset(contacts)
         self._events.event(
-            "dht_snapshot_saved", path=str(self._snapshot_path), contacts=len(contacts)
+            "dht_snapshot_saved",
+            level="debug",
+            path=str(self._snapshot_path),
+            contacts=len(contacts),
         )
         return True
 
