@@ -437,7 +437,9 @@ class DhtNode:
 
     def _closer(self, target: Key, sender: Contact) -> tuple[Contact, ...]:
         contacts = self.table.closest(target, self.settings.k + 1)
-        return tuple(c for c in contacts if c.node_id != sender.node_id)[: self.settings.k]
+        if sender.node_id in self.table:
+            contacts = [c for c in contacts if c.node_id != sender.node_id]
+        return tuple(contacts[: self.settings.k])
 
     def _learn_requester(self, sender: Contact, now: float) -> None:
         """Ping an unknown requester; it enters the table only if it answers."""

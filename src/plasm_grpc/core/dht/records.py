@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -89,11 +90,17 @@ class Capabilities:
 
     def __post_init__(self) -> None:
         for name in ("arch", "os", "runtime_name", "runtime_version", "wasi_version"):
-            if len(getattr(self, name)) > MAX_TEXT_CHARS:
-                raise RecordError(f"capabilities.{name} is longer than {MAX_TEXT_CHARS} characters")
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
+                raise RecordError(
+                    f"capabilities.{name} is a string of at most {MAX_TEXT_CHARS} characters"
+                )
         for name in ("cores", "memory_bytes", "free_job_slots", "total_job_slots"):
-            if getattr(self, name) < 0:
-                raise RecordError(f"capabilities.{name} is negative")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise RecordError(f"capabilities.{name} is a non-negative integer")
+        if not isinstance(self.max_limits, ResourceLimits):
+            raise RecordError("capabilities.max_limits is not a ResourceLimits")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,10 +119,14 @@ class RecordContent:
         if len(self.addresses) > MAX_ADDRESSES:
             raise RecordError(f"a record lists at most {MAX_ADDRESSES} addresses")
         for address in self.addresses:
-            if not address or len(address) > MAX_ADDRESS_CHARS:
+            if not isinstance(address, str) or not address or len(address) > MAX_ADDRESS_CHARS:
                 raise RecordError(f"an address is 1 to {MAX_ADDRESS_CHARS} characters")
-        if self.seq < 0:
-            raise RecordError("seq is negative")
+        if not isinstance(self.seq, int) or isinstance(self.seq, bool) or self.seq < 0:
+            raise RecordError("seq is a non-negative integer")
+        for name in ("created_at", "expires_at"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise RecordError(f"{name} is a finite number of seconds")
 
 
 class RecordCodec(Protocol):
@@ -204,10 +215,17 @@ def open_record(
         raise RecordRejectedError(
             RecordRejectReason.EXPIRED, f"expired {now - content.expires_at:.0f} s ago"
         )
-    if content.expires_at - max(content.created_at, now - CLOCK_SKEW) > MAX_RECORD_TTL + CLOCK_SKEW:
+    # Bounded from now as well as from its creation: a creation time in the
+    # future must not buy a record a longer life.
+    if (
+        content.expires_at - now > MAX_RECORD_TTL + CLOCK_SKEW
+        or content.expires_at - content.created_at > MAX_RECORD_TTL + CLOCK_SKEW
+    ):
         raise RecordRejectedError(
             RecordRejectReason.TOO_LONG_LIVED,
-            f"expires {content.expires_at - now:.0f} s from now, the limit is {MAX_RECORD_TTL:.0f}",
+            f"expires {content.expires_at - now:.0f} s from now and"
+            f" {content.expires_at - content.created_at:.0f} s after its creation,"
+            f" the limit is {MAX_RECORD_TTL:.0f}",
         )
     return PeerRecord(node_id=node_id, content=content, envelope=envelope)
 

@@ -59,6 +59,7 @@ from plasm_grpc.core.dht.records import (
     provider_keys,
 )
 from plasm_grpc.core.dht.routing import Contact
+from plasm_grpc.core.errors import PlasmError
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.limits import ResourceLimits
 
@@ -86,7 +87,7 @@ class JsonRecordCodec:
                 created_at=raw["created_at"],
                 expires_at=raw["expires_at"],
             )
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, PlasmError) as err:
             raise RecordError(f"not a record: {err}") from err
 
 
