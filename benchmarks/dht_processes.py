@@ -114,12 +114,15 @@ def run(
         root = Path(tmp)
         try:
             started = time.monotonic()
-            procs.append(_spawn(root, 0, '[logging]\nlevel = "warning"\n'))
+            # Every node shares 127.0.0.1: lift the per-IP inbound connection limit.
+            overlay = "[overlay]\nmax_connections_per_ip = 1024\n"
+            procs.append(_spawn(root, 0, '[log]\nlevel = "warning"\n' + overlay))
             _wait_ready(procs[0], 60)
             bootstrap = f"{procs[0].node_id}@{procs[0].overlay}"
             config = (
-                '[logging]\nlevel = "warning"\n'
-                f'[overlay]\nbootstrap = ["{bootstrap}"]\nreconnect_interval_s = 1.0\n'
+                '[log]\nlevel = "warning"\n'
+                + overlay
+                + f'bootstrap = ["{bootstrap}"]\nreconnect_interval_s = 1.0\n'
             )
             for i in range(1, nodes):
                 procs.append(_spawn(root, i, config))

@@ -21,6 +21,8 @@ NODES = 20
 MIB = 1024 * 1024
 BIG = 1024 * MIB  # the default limits.max.max_memory_bytes
 SMALL = 256 * MIB
+# Every node shares 127.0.0.1: lift the per-IP inbound connection limit (16).
+OVERLAY = "[overlay]\nmax_connections_per_ip = 256\n"
 
 
 def _start_all(daemons: list[Daemon]) -> None:
@@ -57,12 +59,12 @@ def _workers(d: Daemon, memory: int) -> set[str]:
 def network(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Daemon], dict[str, int]]:
     factory = DaemonFactory(tmp_path_factory.mktemp("dht20"))
     try:
-        seed = factory('[logging]\nlevel = "info"\n')
+        seed = factory(OVERLAY)
         bootstrap = f"{seed.node_id}@{seed.node_info().overlay_address}"
         memory: dict[str, int] = {seed.node_id: BIG}
         others = [
             factory(
-                f'[overlay]\nbootstrap = ["{bootstrap}"]\nreconnect_interval_s = 0.5\n'
+                OVERLAY + f'bootstrap = ["{bootstrap}"]\nreconnect_interval_s = 0.5\n'
                 f"[limits.max]\nmax_memory_bytes = {BIG if i % 2 else SMALL}\n"
                 f"[limits.default]\nmax_memory_bytes = {64 * MIB}\n",
                 start=False,

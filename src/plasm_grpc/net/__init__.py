@@ -26,6 +26,7 @@ from plasm_grpc.net.errors import (
     HandshakeFailedError,
     OverlayError,
     RemoteCallError,
+    RequestRefusedError,
     RequestTimeoutError,
 )
 
@@ -49,5 +50,6 @@ __all__ = [
     "PeerInfo",
     "ProtobufRecordCodec",
     "RemoteCallError",
+    "RequestRefusedError",
     "RequestTimeoutError",
 ]

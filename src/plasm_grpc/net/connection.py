@@ -79,6 +79,7 @@ from plasm_grpc.net.errors import (
     ConnectionClosedError,
     HandshakeFailedError,
     RemoteCallError,
+    RequestRefusedError,
     RequestTimeoutError,
 )
 
@@ -733,6 +734,8 @@ class OverlayConnection:
             response = await handler(peer, payload)
         except asyncio.CancelledError:
             return  # the peer cancelled the request, or the connection closed
+        except RequestRefusedError as e:
+            self._send_error(request_id, str(e))
         except Exception as e:  # noqa: BLE001 - the handler boundary: report, don't crash
             self._owner.events.warning(
                 "overlay_handler_failed", peer_node_id=peer, method=method, error=repr(e)
@@ -751,7 +754,7 @@ class OverlayConnection:
         assert peer is not None
         try:
             await handler(peer, payload)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, RequestRefusedError):
             return
         except Exception as e:  # noqa: BLE001 - the handler boundary
             self._owner.events.warning(

@@ -82,7 +82,7 @@ from plasm_grpc.net.dht_codec import (
     method_of,
 )
 from plasm_grpc.net.endpoint import OverlayEndpoint
-from plasm_grpc.net.errors import OverlayError, RemoteCallError
+from plasm_grpc.net.errors import OverlayError, RemoteCallError, RequestRefusedError
 
 __all__ = [
     "SNAPSHOT_FILE",
@@ -102,7 +102,7 @@ class DhtClosedError(OverlayError):
     """The DHT service is closed (or closing): no operation can run."""
 
 
-class DhtRefusedError(OverlayError):
+class DhtRefusedError(RequestRefusedError):
     """Raised by a DHT handler so the overlay answers the request with an ERROR."""
 
 

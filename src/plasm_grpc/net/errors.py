@@ -15,6 +15,7 @@ __all__ = [
     "HandshakeFailedError",
     "OverlayError",
     "RemoteCallError",
+    "RequestRefusedError",
     "RequestTimeoutError",
 ]
 
@@ -52,3 +53,12 @@ class RequestTimeoutError(OverlayError, TimeoutError):
 
 class RemoteCallError(OverlayError):
     """The peer answered the request with an ERROR frame (no handler, overload, a failure)."""
+
+
+class RequestRefusedError(OverlayError):
+    """Raised by a handler to refuse a request on purpose (rate limited, malformed).
+
+    The requester gets an ERROR carrying this message; unlike a handler that
+    fails by accident, it is not logged as a warning (the handler logs what it
+    refuses, once, in its own terms).
+    """
