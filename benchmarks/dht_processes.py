@@ -116,11 +116,11 @@ def run(
             started = time.monotonic()
             # Every node shares 127.0.0.1: lift the per-IP inbound connection limit.
             overlay = "[overlay]\nmax_connections_per_ip = 1024\n"
-            procs.append(_spawn(root, 0, '[log]\nlevel = "warning"\n' + overlay))
+            procs.append(_spawn(root, 0, '[log]\nlevel = "info"\n' + overlay))
             _wait_ready(procs[0], 60)
             bootstrap = f"{procs[0].node_id}@{procs[0].overlay}"
             config = (
-                '[log]\nlevel = "warning"\n'
+                '[log]\nlevel = "info"\n'
                 + overlay
                 + f'bootstrap = ["{bootstrap}"]\nreconnect_interval_s = 1.0\n'
             )
