@@ -102,8 +102,16 @@ class DhtPeer:
     connected: bool
 
 
+class DhtUnavailableError(RuntimeError):
+    """The DHT is closing (the node is shutting down)."""
+
+
 class DhtView(Protocol):
-    """What the servicer needs of the running DHT (net.dht.DhtService)."""
+    """What the servicer needs of the running DHT (net.dht.DhtService).
+
+    Lookups raise TimeoutError past their timeout and DhtUnavailableError when
+    the DHT closes under them.
+    """
 
     def known_peers(self) -> Sequence[DhtPeer]: ...
 
@@ -364,6 +372,8 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
             if timeout <= 0:
                 raise TimeoutError
             workers = await dht.find_workers(requirements, limit=limit, timeout=timeout)
+        except DhtUnavailableError:
+            await _abort(context, "SHUTTING_DOWN", "the node is shutting down")
         except TimeoutError:
             await _abort(
                 context, "LOOKUP_TIMEOUT", f"the provider lookup did not finish in {timeout:.1f} s"
@@ -390,6 +400,8 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
             if timeout <= 0:
                 raise TimeoutError
             found = await dht.find_peer(node_id, timeout=timeout)
+        except DhtUnavailableError:
+            await _abort(context, "SHUTTING_DOWN", "the node is shutting down")
         except TimeoutError:
             await _abort(context, "LOOKUP_TIMEOUT", f"the lookup did not finish in {timeout:.1f} s")
         if found.record is None:

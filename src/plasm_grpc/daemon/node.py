@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import platform
 import signal
@@ -20,7 +21,14 @@ from grpc_reflection.v1alpha import reflection
 from plasm.v1 import service_pb2, service_pb2_grpc
 
 from plasm_grpc.api import codec
-from plasm_grpc.api.service import DhtPeer, NodeFacts, PeerLookup, PeerView, PlasmServicer
+from plasm_grpc.api.service import (
+    DhtPeer,
+    DhtUnavailableError,
+    NodeFacts,
+    PeerLookup,
+    PeerView,
+    PlasmServicer,
+)
 from plasm_grpc.core.dht.node import DhtSettings
 from plasm_grpc.core.dht.records import (
     DEFAULT_WASI_VERSION,
@@ -212,7 +220,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
     if dht is not None and overlay is not None:
         capabilities = _capabilities(config, engine, executor)
         background.append(
-            asyncio.create_task(_advertise(dht, [f"{overlay.host}:{overlay.port}"], capabilities))
+            asyncio.create_task(_advertise(dht, _advertised_addresses(overlay), capabilities))
         )
     elif overlay is not None:  # the DHT is off: just keep the bootstrap peers connected
         background.extend(
@@ -295,6 +303,19 @@ async def _start_dht(
     return dht
 
 
+def _advertised_addresses(overlay: OverlayEndpoint) -> list[str]:
+    """The overlay address for the peer record; none when bound to a wildcard.
+
+    A node listening on 0.0.0.0 or :: cannot name its own reachable address
+    here; peers still learn it from the connection it answers them on.
+    """
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(overlay.host).is_unspecified:
+            return []
+    host = f"[{overlay.host}]" if ":" in overlay.host else overlay.host
+    return [f"{host}:{overlay.port}"]
+
+
 async def _advertise(dht: DhtService, addresses: list[str], capabilities: Capabilities) -> None:
     """Publish the own record; the DHT republishes it (and again once it has peers)."""
     with contextlib.suppress(DhtClosedError):
@@ -340,13 +361,19 @@ class _DhtView:
     async def find_workers(
         self, requirements: WorkerRequirements, *, limit: int, timeout: float
     ) -> Sequence[PeerRecord]:
-        return await self.service.find_workers(requirements, limit=limit, timeout=timeout)
+        try:
+            return await self.service.find_workers(requirements, limit=limit, timeout=timeout)
+        except DhtClosedError as err:
+            raise DhtUnavailableError(str(err)) from err
 
     async def find_peer(self, node_id: str, *, timeout: float) -> PeerLookup:
         own = self.service.node.own_record
         if node_id == self.service.node_id:
             return PeerLookup(record=own, hops=0, rpcs=0, duration_s=0.0)
-        found = await self.service.find_peer(node_id, timeout=timeout)
+        try:
+            found = await self.service.find_peer(node_id, timeout=timeout)
+        except DhtClosedError as err:
+            raise DhtUnavailableError(str(err)) from err
         return PeerLookup(
             record=found.record, hops=found.hops, rpcs=found.rpcs, duration_s=found.duration
         )
