@@ -419,6 +419,23 @@ def test_max_provider_entries_is_enforced() -> None:
     assert b.stored_providers() == 2
 
 
+def test_a_store_that_every_holder_refuses_finishes() -> None:
+    """Refused stores end the operation (they were once sent again forever)."""
+    h = Harness(3, DhtSettings(learn_peer_records=False, max_records=1))
+    h.introduce()
+    a, b, c = h.nodes
+    assert stored(ask(b, c.contact, PutRecord(record=record(h.keys[2]).envelope)))
+    assert stored(ask(c, b.contact, PutRecord(record=record(h.keys[1]).envelope)))
+    ops = a.advertise(["10.0.0.1:4000"], CAPS, T0)
+    h.pump(T0)
+    put = h.finished(a, ops[0])
+    assert put.kind is OperationKind.PUT_RECORD
+    assert put.stored == 0
+    assert not put.found
+    assert all(h.finished(a, op).stored == 2 for op in ops[1:])  # provider entries fit
+    assert a.operations_running() == 0
+
+
 # -- timers ----------------------------------------------------------------------------
 
 
@@ -614,18 +631,44 @@ def test_full_bucket_keeps_the_oldest_when_it_answers() -> None:
     assert node.table.replacements(255) == [third]
 
 
-def test_a_contact_that_fails_a_lookup_rpc_is_dropped() -> None:
+def test_a_contact_that_fails_max_failures_rpcs_in_a_row_is_dropped() -> None:
     h = Harness(3)
     h.introduce()
     a, b, c = h.nodes
     h.down.add(c.node_id)
-    op = a.find_node(Key(7), T0 + 1)
-    h.pump(T0 + 1)
-    result = h.finished(a, op)
-    assert [x.node_id for x in result.closest] == [b.node_id]
+    for i in range(a.settings.max_failures):
+        assert c.node_id in a.table  # flagged, kept: its bucket has no replacement
+        op = a.find_node(Key(7), T0 + 1 + i)
+        h.pump(T0 + 1 + i)
+        result = h.finished(a, op)
+        assert [x.node_id for x in result.closest] == [b.node_id]
+        assert result.failed_rpcs == 1
     assert c.node_id not in a.table
     assert b.node_id in a.table
-    assert result.failed_rpcs == 1
+    h.drain()
+    assert [e.contact for e in h.events[a.node_id] if isinstance(e, PeerEvicted)] == [c.contact]
+
+
+def test_an_answer_clears_the_failure_count() -> None:
+    node = Harness(1).nodes[0]
+    (mate,) = bucket_mates(node.node_id, 1)
+    learn(node, mate, T0)
+    for i in range(2 * node.settings.max_failures):
+        assert node.table.failed(mate.node_id, node.settings.max_failures) == (False, None)
+        if i % 2:
+            node.table.observe(mate, T0 + i)
+    assert mate.node_id in node.table
+
+
+def test_a_failed_contact_is_replaced_at_once_when_a_replacement_waits() -> None:
+    node = Harness(1, DhtSettings(learn_peer_records=False, k=2, evict_ping_grace=1e9)).nodes[0]
+    first, second, third = bucket_mates(node.node_id, 3)
+    learn(node, first, T0)
+    learn(node, second, T0)
+    node.table.observe(third, T0)  # it answered something: it waits in the cache
+    assert node.table.replacements(255) == [third]
+    assert node.table.failed(first.node_id, node.settings.max_failures) == (True, third)
+    assert node.table.bucket(255) == [second, third]
 
 
 def test_replies_are_cut_to_max_contacts() -> None:

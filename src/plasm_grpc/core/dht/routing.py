@@ -76,6 +76,9 @@ class Contact:
     def key(self) -> Key:
         return Key.from_hex(self.node_id)
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Contact:
+        return self  # immutable: a copied table shares its contacts
+
 
 class RejectReason(enum.Enum):
     SELF = "the contact is this node"
@@ -137,6 +140,8 @@ class _Bucket:
     replacements: OrderedDict[str, Contact] = field(default_factory=OrderedDict)
     """Oldest first; the freshest is promoted."""
     pending_ping: str | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+    """Consecutive failed RPCs of contacts that have failed since they last answered."""
     ips: Counter[str] = field(default_factory=Counter)
     subnets: Counter[str] = field(default_factory=Counter)
 
@@ -290,6 +295,7 @@ class RoutingTable:
             else:  # the common case: move to the tail (most recently seen)
                 bucket.contacts[node_id] = bucket.contacts.pop(node_id)
                 bucket.seen[node_id] = now
+                bucket.failures.pop(node_id, None)
             bucket.last_touched = now
             return None
         if node_id == self._own_hex:
@@ -332,6 +338,7 @@ class RoutingTable:
         if alive:
             bucket.contacts[node_id] = bucket.contacts.pop(node_id)
             bucket.seen[node_id] = now
+            bucket.failures.pop(node_id, None)
             bucket.last_touched = now
             return None
         return self._drop(bucket, node_id, now)
@@ -353,6 +360,26 @@ class RoutingTable:
             return self._drop(bucket, node_id, bucket.seen[node_id])
         return None
 
+    def failed(self, node_id: str, max_failures: int) -> tuple[bool, Contact | None]:
+        """An RPC to `node_id` failed: is it removed, and who replaced it?
+
+        Section 4.1: a contact whose bucket has a replacement waiting is
+        replaced at once (the replacement answered more recently); otherwise
+        it stays, flagged, until `max_failures` RPCs in a row have failed, so
+        one lost message does not shrink a bucket nobody can refill.
+        """
+        if max_failures < 1:
+            raise ValueError("max_failures must be at least 1")
+        index = self._where.get(node_id)
+        if index is None:
+            return False, None
+        bucket = self._buckets[index]
+        failures = bucket.failures.get(node_id, 0) + 1
+        if failures < max_failures and not bucket.replacements:
+            bucket.failures[node_id] = failures
+            return False, None
+        return True, self.remove(node_id)
+
     def _put(self, bucket: _Bucket, index: int, contact: Contact, now: float) -> None:
         if not bucket.contacts:
             self._nonempty_desc = None
@@ -371,6 +398,7 @@ class RoutingTable:
         if not bucket.contacts:
             self._nonempty_desc = None
         del bucket.seen[node_id]
+        bucket.failures.pop(node_id, None)
         del self._where[node_id]
         del self._values[node_id]
         ip, subnet = _address_groups(contact.host)

@@ -26,6 +26,7 @@ oracle. Tests and `benchmarks/dht.py` share it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import heapq
@@ -220,6 +221,18 @@ class SimNetwork:
         if self.timers:
             self._start_timer(node)
         return node
+
+    def fork(self) -> SimNetwork:
+        """An independent copy of the whole network (nodes, tables, stores, queue,
+        random state, trace so far), so several scenarios can start from one
+        build; each continues exactly as the original would have."""
+        if self.on_finished is not None:
+            raise ValueError("fork a network between operations, not during one")
+        memo: dict[int, object] = {id(n.key): n.key for n in self.nodes.values()}
+        memo[id(self._trace)] = self._trace.copy()  # hashlib objects cannot be deep-copied
+        memo[id(self.settings)] = self.settings
+        memo[id(self.codec)] = self.codec
+        return copy.deepcopy(self, memo)
 
     def enable_timers(self) -> None:
         """Fire node timers from now on (refresh, republish, expiry), for every node."""
@@ -450,6 +463,18 @@ class Scenario:
     join_wave: int = 20
     settings: DhtSettings | None = None
 
+    @property
+    def build_key(self) -> tuple[object, ...]:
+        """Scenarios with equal keys start from the same built network."""
+        return (
+            self.nodes,
+            self.adversaries,
+            self.loss,
+            self.bootstraps,
+            self.join_wave,
+            self.settings,
+        )
+
     def __post_init__(self) -> None:
         if self.nodes < self.bootstraps + self.records + 2:
             raise ValueError("too few nodes for the bootstraps and the publishers")
@@ -477,6 +502,9 @@ class ScenarioResult:
     provider_found: list[bool] = field(default_factory=list)
     joined: int = 0
     left: int = 0
+    operations: dict[str, int] = field(default_factory=dict)
+    """Operations finished by kind after the publishing phase (refresh and
+    put_record count the timers' bucket refreshes and republishes)."""
     messages: int = 0
     events: int = 0
     virtual_seconds: float = 0.0
@@ -555,9 +583,31 @@ def _capabilities(rng: random.Random) -> Capabilities:
     )
 
 
-def run_scenario(scenario: Scenario, seed: int) -> ScenarioResult:
-    """Build, publish, break and measure one scenario; fully determined by `seed`."""
-    net, bootstraps = build_network(scenario, seed)
+def run_scenarios(scenarios: list[Scenario], seed: int) -> list[ScenarioResult]:
+    """`run_scenario` for each, building each distinct network once (and forking
+    it per scenario); the results are those of separate runs."""
+    built: dict[tuple[object, ...], SimNetwork] = {}
+    results = []
+    for scenario in scenarios:
+        key = scenario.build_key
+        if key not in built:
+            built[key], _ = build_network(scenario, seed)
+        results.append(run_scenario(scenario, seed, network=built[key].fork()))
+    return results
+
+
+def run_scenario(
+    scenario: Scenario, seed: int, *, network: SimNetwork | None = None
+) -> ScenarioResult:
+    """Build, publish, break and measure one scenario; fully determined by `seed`.
+
+    `network`: the scenario's network as `build_network(scenario, seed)` left
+    it (or a fork of it), to skip the build; it is consumed.
+    """
+    if network is None:
+        network, _ = build_network(scenario, seed)
+    net = network
+    bootstraps = list(net.nodes.values())[: scenario.bootstraps]
     result = ScenarioResult(scenario=scenario, seed=seed)
     rng = net.rng
     protected = {b.node_id for b in bootstraps}
@@ -605,6 +655,8 @@ def run_scenario(scenario: Scenario, seed: int) -> ScenarioResult:
     watched: dict[tuple[str, int], Callable[[SimNode, OperationFinished], None]] = {}
 
     def on_finished(node: SimNode, finished: OperationFinished) -> None:
+        kind = finished.kind.value
+        result.operations[kind] = result.operations.get(kind, 0) + 1
         callback = watched.pop((node.node_id, finished.operation), None)
         if callback is not None:
             callback(node, finished)
