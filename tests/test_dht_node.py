@@ -352,6 +352,25 @@ def test_not_a_provider_is_rejected_when_stored_and_when_returned() -> None:
     assert h.finished(b, op).providers == ()
 
 
+def test_malformed_envelopes_in_replies_are_rejected_not_raised() -> None:
+    h = Harness(2)
+    a, b = h.nodes
+    h.introduce()
+    short = replace(record(h.keys[0]).envelope, signer_public_key=b"\x01" * 31)
+    op = b.get_providers(KEY_256, T0)
+    get = b.get_record(a.node_id, T0)
+    for out in b.requests_to_send():
+        reply: Response = (
+            ProvidersReply(providers=(short, short), closer=())
+            if isinstance(out.request, GetProviders)
+            else RecordReply(record=short, closer=())
+        )
+        b.handle_response(out.rpc, reply, T0)
+    assert h.rejections(b) == [RecordRejectReason.MALFORMED] * 3
+    assert h.finished(b, op).providers == ()
+    assert h.finished(b, get).record is None
+
+
 def test_provider_entries_are_stored_and_found() -> None:
     h = Harness(4)
     h.introduce()

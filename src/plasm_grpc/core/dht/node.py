@@ -70,6 +70,7 @@ from plasm_grpc.core.dht.records import (
 )
 from plasm_grpc.core.dht.routing import Contact, K, PingRequest, Rejected, RoutingTable
 from plasm_grpc.core.envelope import SignedEnvelope
+from plasm_grpc.core.ids import sha256_hex
 from plasm_grpc.core.keys import NodeKey
 
 _LEARN_PING_BACKOFF: Final = 60.0
@@ -478,6 +479,8 @@ class DhtNode:
 
     def _store_record(self, sender: Contact, envelope: SignedEnvelope, now: float) -> StoreReply:
         held = self._records.get(sender.node_id)  # a record is stored only by its own node
+        if held is not None and held.envelope == envelope and held.content.expires_at > now:
+            return StoreReply(stored=True)  # the very bytes already checked: a republish
         try:
             record = open_record(envelope, codec=self._codec, now=now, sender=sender.node_id)
             if held is not None and held.content.expires_at > now:
@@ -503,6 +506,8 @@ class DhtNode:
     ) -> StoreReply:
         entries = self._providers.get(key, {})
         held = entries.get(sender.node_id)
+        if held is not None and held.envelope == envelope and held.content.expires_at > now:
+            return StoreReply(stored=True)  # the very bytes already checked: a republish
         try:
             record = open_record(envelope, codec=self._codec, now=now, sender=sender.node_id)
             if key not in provider_keys(record.capabilities):
@@ -682,6 +687,9 @@ class DhtNode:
     def _take_record(
         self, operation: _Operation, sender: Contact, envelope: SignedEnvelope, now: float
     ) -> None:
+        if operation.record is not None and operation.record.envelope == envelope:
+            operation.holders += 1  # another holder of the very bytes already checked
+            return
         try:
             record = open_record(
                 envelope, codec=self._codec, now=now, expected_node_id=operation.target.hex
@@ -699,6 +707,10 @@ class DhtNode:
     def _take_provider(
         self, operation: _Operation, sender: Contact, envelope: SignedEnvelope, now: float
     ) -> None:
+        signer = envelope.signer_public_key
+        known = operation.providers.get(sha256_hex(signer)) if len(signer) == 32 else None
+        if known is not None and known.envelope == envelope:
+            return  # the very bytes already checked (by this node, for this key)
         try:
             record = open_record(envelope, codec=self._codec, now=now)
             if operation.target not in provider_keys(record.capabilities):
