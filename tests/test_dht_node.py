@@ -8,6 +8,7 @@ pings) and the timers (expiry, republish). Each limit has a test that hits it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -498,6 +499,28 @@ def test_republish_re_signs_with_a_higher_seq() -> None:
         reply = ask(holder, h.nodes[2].contact, GetRecord(key=Key.from_hex(a.node_id)), now)
         assert isinstance(reply, RecordReply)
         assert reply.record == second.envelope
+
+
+def test_updated_capabilities_go_out_with_the_next_republish_not_before() -> None:
+    h = Harness(2)
+    h.introduce()
+    a = h.nodes[0]
+    a.advertise(["10.0.0.1:4000"], CAPS, T0)
+    h.pump(T0)
+    first = a.own_record
+    assert first is not None
+    busy = dataclasses.replace(CAPS, free_job_slots=0)
+    a.update_capabilities(busy)
+    assert a.own_record == first  # nothing re-signed yet
+    assert a.requests_to_send() == []
+    now = T0 + a.settings.republish_interval
+    while a.get_timer() < now:
+        a.handle_timer(a.get_timer())
+    a.handle_timer(max(now, a.get_timer()))
+    second = a.own_record
+    assert second is not None
+    assert second.capabilities == busy
+    assert second.content.addresses == first.content.addresses
 
 
 # -- rate limiting ---------------------------------------------------------------------

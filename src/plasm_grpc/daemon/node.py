@@ -11,7 +11,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,7 @@ from plasm_grpc.sandbox.engine import EngineError, EngineSettings, SandboxEngine
 from plasm_grpc.sandbox.runner import Sandbox
 from plasm_grpc.store.receipts import ReceiptStore
 
+_CAPABILITIES_REFRESH_S = 60.0
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["PlasmService"].full_name
 
 
@@ -218,9 +219,14 @@ async def start_node(config: Config, log: EventLog) -> Node:
     )
     background: list[asyncio.Task[None]] = []
     if dht is not None and overlay is not None:
-        capabilities = _capabilities(config, engine, executor)
         background.append(
-            asyncio.create_task(_advertise(dht, _advertised_addresses(overlay), capabilities))
+            asyncio.create_task(
+                _advertise(
+                    dht,
+                    _advertised_addresses(overlay),
+                    lambda: _capabilities(config, engine, executor),
+                )
+            )
         )
     elif overlay is not None:  # the DHT is off: just keep the bootstrap peers connected
         background.extend(
@@ -316,10 +322,19 @@ def _advertised_addresses(overlay: OverlayEndpoint) -> list[str]:
     return [f"{host}:{overlay.port}"]
 
 
-async def _advertise(dht: DhtService, addresses: list[str], capabilities: Capabilities) -> None:
-    """Publish the own record; the DHT republishes it (and again once it has peers)."""
+async def _advertise(
+    dht: DhtService, addresses: list[str], current: Callable[[], Capabilities]
+) -> None:
+    """Publish the own record; the DHT republishes it (and again once it has peers).
+
+    Every minute the capabilities for the next republish are refreshed, so
+    the free job slots a record advertises are at most one republish old.
+    """
     with contextlib.suppress(DhtClosedError):
-        await dht.advertise(addresses, capabilities)
+        await dht.advertise(addresses, current())
+    while True:
+        await asyncio.sleep(_CAPABILITIES_REFRESH_S)
+        dht.update_capabilities(current())
 
 
 def _capabilities(config: Config, engine: SandboxEngine, executor: JobExecutor) -> Capabilities:

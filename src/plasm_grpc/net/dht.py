@@ -270,6 +270,12 @@ class DhtService:
         self._advertised = (tuple(addresses), capabilities)
         return await self._run_all(self._start_publish)
 
+    def update_capabilities(self, capabilities: Capabilities) -> None:
+        """Advertise `capabilities` from the next republish on (no RPC now)."""
+        if self._advertised is not None:
+            self._advertised = (self._advertised[0], capabilities)
+        self.node.update_capabilities(capabilities)
+
     def _start_publish(self, node: DhtNode, now: float) -> list[int]:
         assert self._advertised is not None
         self._publish_pending = False

@@ -378,6 +378,15 @@ class DhtNode:
         self._own_content = (tuple(addresses), capabilities)
         return self._publish(now)
 
+    def update_capabilities(self, capabilities: Capabilities) -> None:
+        """Use `capabilities` from the next republish on (e.g. free job slots).
+
+        Nothing is signed or sent now: free slots change with every job, and a
+        record is a hint between republishes, not a live view.
+        """
+        if self._own_content is not None:
+            self._own_content = (self._own_content[0], capabilities)
+
     def _publish(self, now: float) -> list[int]:
         assert self._key is not None
         assert self._own_content is not None
