@@ -807,3 +807,30 @@ def test_signed_records_with_odd_field_values_raise_only_record_rejected(
     assert opened.content.expires_at > T0
     assert all(isinstance(a, str) for a in opened.content.addresses)
     provider_keys(opened.capabilities)
+
+
+# -- addresses -------------------------------------------------------------------------
+
+
+def test_the_table_records_where_a_node_answered_not_where_a_referrer_said_it_was() -> None:
+    h = Harness(2)
+    h.introduce()
+    a, b = h.nodes
+    real = (b.contact.host, b.contact.port)
+    # Someone named B at a made-up address; the transport reached B anyway
+    # (an open connection to its node id) and reports where it answered from.
+    fake = Contact(node_id=b.node_id, host="192.0.2.9", port=9)
+    a.table.remove(b.node_id)
+    a.bootstrap([fake], T0)
+    (out,) = [o for o in a.requests_to_send() if o.contact == fake]
+    a.handle_response(out.rpc, b.handle_request(a.contact, out.request, T0), T0, answered_from=real)
+    (known,) = [c for c in a.table.contacts() if c.node_id == b.node_id]
+    assert (known.host, known.port) == real
+
+
+def test_admit_charges_the_bucket_before_decoding() -> None:
+    h = Harness(2, DhtSettings(learn_peer_records=False, rate=1.0, burst=3))
+    a, b = h.nodes
+    assert [a.admit(b.node_id, T0) for _ in range(5)] == [True, True, True, False, False]
+    assert isinstance(a.handle_request(b.contact, Ping(), T0), Refused)
+    assert isinstance(a.handle_request(b.contact, Ping(), T0, admitted=True), Pong)

@@ -70,6 +70,7 @@ from plasm_grpc.core.dht.records import (
 )
 from plasm_grpc.core.dht.routing import Contact, K, PingRequest, Rejected, RoutingTable
 from plasm_grpc.core.envelope import SignedEnvelope
+from plasm_grpc.core.errors import InvalidIdError
 from plasm_grpc.core.ids import sha256_hex
 from plasm_grpc.core.keys import NodeKey
 
@@ -424,12 +425,27 @@ class DhtNode:
 
     # -- inbound requests ----------------------------------------------------------------
 
-    def handle_request(self, sender: Contact, request: Request, now: float) -> Response:
-        """Answer an RPC from `sender`, whose node id the transport authenticated."""
-        if not self._limiter.allow(sender.node_id, now):
-            refused = self._limiter.refused(sender.node_id)
-            if refused == 1 or refused % 100 == 0:  # the first, then every hundredth
-                self._events.append(RateLimited(peer=sender.node_id, refused=refused))
+    def admit(self, peer: str, now: float) -> bool:
+        """Charge one inbound request to `peer`'s token bucket; False when over.
+
+        A transport calls this before decoding a request, so malformed ones
+        count too, then passes `admitted=True` to `handle_request`.
+        """
+        if self._limiter.allow(peer, now):
+            return True
+        refused = self._limiter.refused(peer)
+        if refused == 1 or refused % 100 == 0:  # the first, then every hundredth
+            self._events.append(RateLimited(peer=peer, refused=refused))
+        return False
+
+    def handle_request(
+        self, sender: Contact, request: Request, now: float, *, admitted: bool = False
+    ) -> Response:
+        """Answer an RPC from `sender`, whose node id the transport authenticated.
+
+        `admitted` says the transport already charged it through `admit`.
+        """
+        if not admitted and not self.admit(sender.node_id, now):
             return Refused(reason="rate limited")
         self._learn_requester(sender, now)
         match request:
@@ -593,7 +609,19 @@ class DhtNode:
                 operation.flying -= 1
         return pending
 
-    def handle_response(self, rpc: int, response: Response, now: float) -> None:
+    def handle_response(
+        self,
+        rpc: int,
+        response: Response,
+        now: float,
+        *,
+        answered_from: tuple[str, int] | None = None,
+    ) -> None:
+        """The answer to `rpc`. `answered_from` is the (host, port) it really
+        came from, when the transport knows it: a transport may reuse a
+        connection to the node id whatever address a referrer named, and the
+        table must record where the node answered, not where it was said to be.
+        """
         pending = self._pop_rpc(rpc)
         if pending is None:
             return
@@ -601,9 +629,15 @@ class DhtNode:
             self._failed(pending, now, evict=False)
             return
         contact = pending.contact
+        if answered_from is not None and answered_from != (contact.host, contact.port):
+            try:
+                contact = Contact(
+                    node_id=contact.node_id, host=answered_from[0], port=answered_from[1]
+                )
+            except InvalidIdError:
+                contact = pending.contact
         if pending.purpose is _Purpose.EVICT_CHECK:
-            promoted = self.table.ping_result(contact.node_id, alive=True, now=now)
-            assert promoted is None
+            self.table.ping_result(contact.node_id, alive=True, now=now)
         else:
             self._answered(contact, now)
         if isinstance(response, Pong) and response.record is not None:
