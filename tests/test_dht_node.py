@@ -404,25 +404,45 @@ def test_max_records_is_enforced() -> None:
     assert stored(ask(holder, h.nodes[0].contact, PutRecord(record=newer.envelope)))
 
 
-def test_providers_per_key_keeps_the_longest_lived() -> None:
-    h = Harness(5, DhtSettings(learn_peer_records=False, max_providers_per_key=2))
-    holder = h.nodes[4]
-    for i, ttl in enumerate((1000.0, 2000.0)):
+def test_a_full_provider_key_drops_a_random_entry_not_the_shortest_lived() -> None:
+    h = Harness(6, DhtSettings(learn_peer_records=False, max_providers_per_key=3))
+    holder = h.nodes[5]
+    ttls = (1000.0, 2000.0, 3000.0, 500.0, 400.0)
+    for i, ttl in enumerate(ttls):
         rec = record(h.keys[i], ttl=ttl)
         assert stored(
             ask(holder, h.nodes[i].contact, AddProvider(key=KEY_256, record=rec.envelope))
         )
-    shorter = record(h.keys[2], ttl=500.0)
-    reply = ask(holder, h.nodes[2].contact, AddProvider(key=KEY_256, record=shorter.envelope))
-    assert isinstance(reply, StoreReply)
-    assert not reply.stored
-    assert h.rejections(holder) == [RecordRejectReason.STORE_FULL]
-    longer = record(h.keys[3], ttl=3000.0)
-    assert stored(ask(holder, h.nodes[3].contact, AddProvider(key=KEY_256, record=longer.envelope)))
-    assert holder.stored_providers() == 2
-    reply = ask(holder, h.nodes[3].contact, GetProviders(key=KEY_256))
+        assert holder.stored_providers() == min(i + 1, 3)
+    # The newest always gets in; which older one left is random, so a
+    # sybil's 24-hour records cannot push out honest 2-hour ones for sure.
+    reply = ask(holder, h.nodes[0].contact, GetProviders(key=KEY_256))
     assert isinstance(reply, ProvidersReply)
-    assert {e.signer_node_id for e in reply.providers} == {h.keys[1].node_id, h.keys[3].node_id}
+    held = {e.signer_node_id for e in reply.providers}
+    assert len(held) == 3
+    assert h.keys[4].node_id in held
+
+
+def test_a_sender_holds_one_provider_entry_per_tier_whatever_it_re_signs() -> None:
+    h = Harness(2)
+    a, b = h.nodes
+    caps = Capabilities(max_limits=ResourceLimits(max_memory_bytes=4096 * MIB))
+    for version, seq in (("preview1", 1), ("preview2", 2), ("preview3", 3)):
+        rec = record(h.keys[0], caps=dataclasses.replace(caps, wasi_version=version), seq=seq)
+        for key in provider_keys(rec.capabilities):
+            assert stored(ask(b, a.contact, AddProvider(key=key, record=rec.envelope)))
+    # Only the newest record's classes stay: 4 tiers up to 4 GiB, not 12.
+    assert b.stored_providers() == len(provider_keys(caps))
+
+
+def test_re_signing_in_a_loop_does_not_grow_the_expiry_heap() -> None:
+    h = Harness(2, DhtSettings(learn_peer_records=False, burst=10_000))
+    a, b = h.nodes
+    for seq in range(1, 2001):
+        rec = record(h.keys[0], seq=seq)
+        assert stored(ask(b, a.contact, PutRecord(record=rec.envelope)))
+    assert b.stored_records() == 1
+    assert len(b._expiries) <= 2 * 1 + 64 + 1
 
 
 def test_max_provider_entries_is_enforced() -> None:
@@ -834,3 +854,33 @@ def test_admit_charges_the_bucket_before_decoding() -> None:
     assert [a.admit(b.node_id, T0) for _ in range(5)] == [True, True, True, False, False]
     assert isinstance(a.handle_request(b.contact, Ping(), T0), Refused)
     assert isinstance(a.handle_request(b.contact, Ping(), T0, admitted=True), Pong)
+
+
+def test_referrals_that_would_aim_our_packets_elsewhere_are_not_dialled() -> None:
+    h = Harness(2)
+    h.introduce()
+    a, b = h.nodes
+    referrer = Contact(node_id=b.node_id, host="8.8.4.4", port=4000)
+    a.table.remove(b.node_id)
+    a.bootstrap([referrer], T0)
+    (out,) = [o for o in a.requests_to_send() if o.contact == referrer]
+
+    def fake(n: int, host: str) -> Contact:
+        return Contact(node_id=f"{n:064x}", host=host, port=4000)
+
+    named = (
+        fake(1, "127.0.0.53"),  # a service on our own machine
+        fake(2, "10.1.2.3"),  # someone's private network
+        fake(3, "0.0.0.0"),
+        fake(4, "224.0.0.1"),  # multicast
+        fake(5, "255.255.255.255"),  # broadcast
+        fake(6, "1.1.1.1"),  # global: fine, but at most MAX_PER_IP per address
+        fake(7, "1.1.1.1"),
+        fake(8, "1.1.1.1"),
+        fake(9, "9.9.9.9"),
+    )
+    a.handle_response(out.rpc, Nodes(closer=named), T0, answered_from=("8.8.4.4", 4000))
+    dialled = {o.contact.node_id for o in a.requests_to_send()}
+    assert dialled <= {f"{n:064x}" for n in (6, 7, 8, 9)}
+    assert f"{9:064x}" in dialled
+    assert len(dialled & {f"{n:064x}" for n in (6, 7, 8)}) <= 2

@@ -29,9 +29,12 @@ number wins; stores are capped in count.
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
+import ipaddress
+import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -68,7 +71,7 @@ from plasm_grpc.core.dht.records import (
     open_record,
     provider_keys,
 )
-from plasm_grpc.core.dht.routing import Contact, K, PingRequest, Rejected, RoutingTable
+from plasm_grpc.core.dht.routing import MAX_PER_IP, Contact, K, PingRequest, Rejected, RoutingTable
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.errors import InvalidIdError
 from plasm_grpc.core.ids import sha256_hex
@@ -310,6 +313,7 @@ class DhtNode:
         self._records: dict[str, PeerRecord] = {}
         self._providers: dict[Key, dict[str, PeerRecord]] = {}
         self._provider_count = 0
+        self._provided_by: dict[str, set[Key]] = {}
         self._peer_records: OrderedDict[str, PeerRecord] = OrderedDict()
         self._own: PeerRecord | None = None
         self._own_content: tuple[tuple[str, ...], Capabilities] | None = None
@@ -337,9 +341,13 @@ class DhtNode:
     def own_record(self) -> PeerRecord | None:
         return self._own
 
-    def peer_record(self, node_id: str) -> PeerRecord | None:
-        """The newest record known for `node_id` (from its pings, lookups or stores)."""
-        return self._peer_records.get(node_id) or self._records.get(node_id)
+    def peer_record(self, node_id: str, now: float | None = None) -> PeerRecord | None:
+        """The newest record known for `node_id` (from its pings, lookups or
+        stores); with `now`, only one that has not expired."""
+        record = self._peer_records.get(node_id) or self._records.get(node_id)
+        if record is not None and now is not None and record.content.expires_at <= now:
+            return None
+        return record
 
     def stored_records(self) -> int:
         return len(self._records)
@@ -466,9 +474,12 @@ class DhtNode:
                 held = [
                     r for r in self._providers.get(key, {}).values() if r.content.expires_at > now
                 ]
-                held.sort(key=lambda r: -r.content.expires_at)
+                if len(held) > MAX_PROVIDERS_PER_REPLY:
+                    # A random sample, not the longest-lived: a sybil cannot
+                    # buy the front of every reply with 24-hour records.
+                    held = self._random().sample(held, MAX_PROVIDERS_PER_REPLY)
                 return ProvidersReply(
-                    providers=tuple(r.envelope for r in held[:MAX_PROVIDERS_PER_REPLY]),
+                    providers=tuple(r.envelope for r in held),
                     closer=self._closer(key, sender),
                 )
             case PutRecord(record=envelope):
@@ -515,8 +526,6 @@ class DhtNode:
                     RecordRejectReason.STORE_FULL, f"{len(self._records)} records held"
                 )
         except RecordRejectedError as err:
-            if held is not None and held.envelope == envelope:
-                return StoreReply(stored=True)  # the same record again: a republish
             return self._reject(sender.node_id, err)
         self._records[record.node_id] = record
         self._remember(record)
@@ -548,27 +557,52 @@ class DhtNode:
                         RecordRejectReason.STORE_FULL, f"{self._provider_count} provider entries"
                     )
                 if len(entries) >= self.settings.max_providers_per_key:
-                    # Keep the entries that live longest: drop the soonest to expire.
-                    soonest = min(entries.values(), key=lambda r: r.content.expires_at)
-                    if soonest.content.expires_at >= record.content.expires_at:
-                        raise RecordRejectedError(
-                            RecordRejectReason.STORE_FULL, f"{len(entries)} providers for this key"
-                        )
-                    del entries[soonest.node_id]
-                    self._provider_count -= 1
+                    # A full key drops a random entry: neither "first come"
+                    # nor "longest-lived" can be bought by a sybil.
+                    victim = self._random().choice(sorted(entries))
+                    self._drop_provider(key, victim)
+                    entries = self._providers.get(key, {})
         except RecordRejectedError as err:
-            if held is not None and held.envelope == envelope:
-                return StoreReply(stored=True)  # the same record again: a republish
             return self._reject(sender.node_id, err)
         if held is None:
             self._provider_count += 1
         self._providers.setdefault(key, entries)[record.node_id] = record
+        self._forget_other_classes(record)
         self._remember(record)
         self._expire_at(record.content.expires_at, key, record.node_id)
         self._events.append(
             RecordStored(key=key, node_id=record.node_id, seq=record.seq, provider=True)
         )
         return StoreReply(stored=True)
+
+    def _forget_other_classes(self, record: PeerRecord) -> None:
+        """Drop the sender's older entries under keys its newest record does
+        not qualify for, so one node holds at most one entry per memory tier
+        (re-signing with another WASI version does not multiply its entries)."""
+        keys = set(provider_keys(record.capabilities))
+        provided = self._provided_by.setdefault(record.node_id, set())
+        for key in list(provided - keys):
+            held = self._providers.get(key, {}).get(record.node_id)
+            if held is None or held.seq < record.seq:
+                self._drop_provider(key, record.node_id)
+        provided.update(k for k in keys if record.node_id in self._providers.get(k, {}))
+
+    def _drop_provider(self, key: Key, node_id: str) -> None:
+        entries = self._providers.get(key)
+        if entries is None or entries.pop(node_id, None) is None:
+            return
+        self._provider_count -= 1
+        if not entries:
+            del self._providers[key]
+        provided = self._provided_by.get(node_id)
+        if provided is not None:
+            provided.discard(key)
+            if not provided:
+                del self._provided_by[node_id]
+
+    def _random(self) -> random.Random:
+        """A generator seeded from the injected randomness (never the global one)."""
+        return random.Random(int.from_bytes(self._randbytes(8), "big"))  # noqa: S311
 
     def _remember(self, record: PeerRecord) -> None:
         held = self._peer_records.get(record.node_id)
@@ -674,7 +708,7 @@ class DhtNode:
                     self._take_provider(operation, contact, envelope, now)
             case _:
                 pass  # a reply of the wrong type answers nothing useful
-        operation.lookup.on_response(contact, closer[:MAX_CONTACTS], now)
+        operation.lookup.on_response(contact, _plausible(contact.host, closer[:MAX_CONTACTS]), now)
         self._advance(operation, now)
 
     def handle_failure(self, rpc: int, now: float) -> None:
@@ -687,8 +721,12 @@ class DhtNode:
         contact = pending.contact
         if pending.purpose is _Purpose.EVICT_CHECK:
             if evict:
+                was_known = contact.node_id in self.table
                 promoted = self.table.ping_result(contact.node_id, alive=False, now=now)
-                self._events.append(PeerEvicted(contact=contact, reason="did not answer a ping"))
+                if was_known and contact.node_id not in self.table:
+                    self._events.append(
+                        PeerEvicted(contact=contact, reason="did not answer a ping")
+                    )
                 if promoted is not None:
                     self._events.append(PeerAdded(contact=promoted))
             else:
@@ -916,6 +954,17 @@ class DhtNode:
     def _expire_at(self, when: float, key: Key | None, node_id: str) -> None:
         self._expiry_seq += 1
         heapq.heappush(self._expiries, (when, self._expiry_seq, key, node_id))
+        # Replacing a held record leaves its old entry behind; a peer
+        # re-signing its record in a loop must not grow the heap for a day.
+        if len(self._expiries) > 2 * (len(self._records) + self._provider_count) + 64:
+            self._expiries = [
+                (r.content.expires_at, 0, None, n) for n, r in self._records.items()
+            ] + [
+                (r.content.expires_at, 0, k, n)
+                for k, entries in self._providers.items()
+                for n, r in entries.items()
+            ]
+            heapq.heapify(self._expiries)
 
     def _expire(self, now: float) -> None:
         while self._expiries and self._expiries[0][0] <= now:
@@ -930,12 +979,50 @@ class DhtNode:
                 continue
             record = entries.get(node_id)
             if record is not None and record.content.expires_at <= now:
-                del entries[node_id]
-                self._provider_count -= 1
-                if not entries:
-                    del self._providers[key]
+                self._drop_provider(key, node_id)
         cutoff = now - _LEARN_PING_BACKOFF
         self._learning = {n: t for n, t in self._learning.items() if t > cutoff}
+
+
+@functools.lru_cache(maxsize=65536)
+def _scope(host: str) -> str | None:
+    """Where an address can be reached from; None for addresses nobody dials."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "name"
+    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:  # 240/4 holds broadcast
+        return None
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_private:
+        return "private"
+    return "global"
+
+
+def _plausible(referrer_host: str, closer: Sequence[Contact]) -> list[Contact]:
+    """The referrals worth dialling: each one costs a QUIC Initial to its address.
+
+    A peer must not aim our packets at third parties or at services only we
+    can reach: addresses nobody dials are dropped, loopback, link-local and
+    private ones are kept only from a referrer in the same scope, and one
+    reply names at most `MAX_PER_IP` contacts per IP address.
+    """
+    referrer_scope = _scope(referrer_host)
+    per_ip: dict[str, int] = {}
+    kept: list[Contact] = []
+    for contact in closer:
+        scope = _scope(contact.host)
+        if scope is None or (scope not in ("global", "name") and scope != referrer_scope):
+            continue
+        seen = per_ip.get(contact.host, 0)
+        if seen >= MAX_PER_IP and scope != "loopback":
+            continue
+        per_ip[contact.host] = seen + 1
+        kept.append(contact)
+    return kept
 
 
 def _check_newer(held: PeerRecord, record: PeerRecord) -> None:
