@@ -22,8 +22,9 @@ class KnownPeer extends \Google\Protobuf\Internal\Message
      */
     protected $node_id = '';
     /**
-     * Where it answered this node from (host:port, UDP); empty when it is only
-     * known by its record.
+     * host:port (UDP). ListPeers: where the peer answered this node from.
+     * FindWorkers and FindPeer: the first address its signed record advertises
+     * (empty when it advertises none).
      *
      * Generated from protobuf field <code>string address = 2;</code>
      */
@@ -64,8 +65,9 @@ class KnownPeer extends \Google\Protobuf\Internal\Message
      *     @type string $node_id
      *           64 lowercase hex.
      *     @type string $address
-     *           Where it answered this node from (host:port, UDP); empty when it is only
-     *           known by its record.
+     *           host:port (UDP). ListPeers: where the peer answered this node from.
+     *           FindWorkers and FindPeer: the first address its signed record advertises
+     *           (empty when it advertises none).
      *     @type bool $connected
      *           True when an overlay connection to it is open now.
      *     @type int|string $rtt_us
@@ -110,8 +112,9 @@ class KnownPeer extends \Google\Protobuf\Internal\Message
     }
 
     /**
-     * Where it answered this node from (host:port, UDP); empty when it is only
-     * known by its record.
+     * host:port (UDP). ListPeers: where the peer answered this node from.
+     * FindWorkers and FindPeer: the first address its signed record advertises
+     * (empty when it advertises none).
      *
      * Generated from protobuf field <code>string address = 2;</code>
      * @return string
@@ -122,8 +125,9 @@ class KnownPeer extends \Google\Protobuf\Internal\Message
     }
 
     /**
-     * Where it answered this node from (host:port, UDP); empty when it is only
-     * known by its record.
+     * host:port (UDP). ListPeers: where the peer answered this node from.
+     * FindWorkers and FindPeer: the first address its signed record advertises
+     * (empty when it advertises none).
      *
      * Generated from protobuf field <code>string address = 2;</code>
      * @param string $var

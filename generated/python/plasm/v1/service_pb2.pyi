@@ -473,8 +473,9 @@ class KnownPeer(_message.Message):
     node_id: _builtins.str
     """64 lowercase hex."""
     address: _builtins.str
-    """Where it answered this node from (host:port, UDP); empty when it is only
-    known by its record.
+    """host:port (UDP). ListPeers: where the peer answered this node from.
+    FindWorkers and FindPeer: the first address its signed record advertises
+    (empty when it advertises none).
     """
     connected: _builtins.bool
     """True when an overlay connection to it is open now."""

@@ -9,8 +9,10 @@ lookup terminates once the k nearest contacts it has heard of, failures
 excluded, have all been queried and have answered; `result()` is those k.
 
 This is a pure state machine: the caller sends what `next_queries(now)`
-returns, feeds back `on_response` / `on_failure`, and calls `on_timer(now)`
-at or after `get_timer()` so queries older than `timeout` count as failed.
+returns and feeds back `on_response` / `on_failure`. A caller without its own
+RPC timeouts calls `on_timer(now)` at or after `get_timer()` so queries older
+than `timeout` count as failed; `DhtNode` does not, because its transport
+answers every request it sends (the overlay's request timeout).
 With `retries` > 0 a contact whose query failed is asked again (if it is
 still among the nearest) before it is dropped: worth it over a lossy
 transport, wasted on dead nodes (QUIC already retransmits lost packets).

@@ -1049,5 +1049,4 @@ __all__ = [
     "RateLimited",
     "RecordRejectedEvent",
     "RecordStored",
-    "class_key",
 ]
