@@ -66,7 +66,6 @@ from plasm_grpc.core.dht.records import (
     RecordContent,
     RecordRejectedError,
     RecordRejectReason,
-    class_key,
     make_record,
     open_record,
     provider_keys,
