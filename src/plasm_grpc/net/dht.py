@@ -11,14 +11,17 @@ timer task, the API calls) and after each one `_pump()` pulls its output:
 `handle_response` or `handle_failure`, whatever happens: a dial that fails, a
 timeout (`rpc_timeout`, dial and call together), a malformed reply, the peer's
 ERROR (reported as a `Refused`: the peer is alive, so it is not evicted for
-it), or cancellation at shutdown. At most `max_rpcs_in_flight` run at once;
-the rest wait in a queue, in order.
+it), or cancellation at shutdown (even of a task that never ran). At most
+`max_rpcs_in_flight` run at once; the rest wait in a queue, in order.
 
 **Inbound.** The overlay authenticates the sender; its contact is the node id
 it proved and the address its connection comes from (a node's overlay socket
 both listens and dials, so that is its listening address). A request the node
-refuses (rate limiting) or that does not decode is answered with an overlay
-ERROR, so the requester sees `RemoteCallError`; other peers are unaffected.
+refuses or that does not decode is answered with an overlay ERROR (a
+`DhtRefusedError`, no handler failure), so the requester sees
+`RemoteCallError`; other peers are unaffected. Every request is charged to its
+sender's rate limit (`DhtNode.admit`) before it is decoded, so a flood of
+malformed ones is limited like any other.
 
 **Warm restarts.** The routing table is saved to `<data_dir>/dht_peers.pb` (a
 `RoutingTableSnapshot`, written atomically) every `snapshot_interval` when it
@@ -34,6 +37,7 @@ import ipaddress
 import math
 import os
 import socket
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -94,8 +98,13 @@ __all__ = [
 ]
 
 SNAPSHOT_FILE: Final = "dht_peers.pb"
-_MAX_CLOSE_ROUNDS: Final = 100_000
-"""A bound on failing requests at shutdown (each failure may start another)."""
+Address = tuple[str, int] | None
+"""Where an RPC's answer came from (host, port), when it came."""
+_MAX_PUMP_ROUNDS: Final = 100_000
+"""A bound on the rounds of one `_pump` call. A round ends with new output to
+act on only when the node emitted events (their handlers may start operations)
+or, at shutdown, when queued requests were failed (each failure may start
+another request); this bound stops a node that kept doing so forever."""
 
 
 class DhtClosedError(OverlayError):
@@ -131,12 +140,11 @@ class DhtServiceSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KnownPeer:
     """A routing table entry, the newest record known for it, and whether an
-    overlay connection to it is open (`rtt` in seconds when it is)."""
+    overlay connection to it is open."""
 
     contact: Contact
     record: PeerRecord | None
     connected: bool
-    rtt: float | None = None
 
 
 class DhtService:
@@ -178,6 +186,8 @@ class DhtService:
         )
         self._queue: deque[OutgoingRequest] = deque()
         self._rpc_tasks: set[asyncio.Task[None]] = set()
+        self._unanswered: set[int] = set()
+        """Ids of the launched RPCs the node has had no answer for yet."""
         self._waiters: dict[int, asyncio.Future[OperationFinished]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._advertised: tuple[tuple[str, ...], Capabilities] | None = None
@@ -186,6 +196,8 @@ class DhtService:
         """The last publication reached nobody: publish again once a peer appears."""
         self._bootstrapping = False
         self._saved: frozenset[Contact] | None = None
+        self._snapshot_lock = asyncio.Lock()
+        """Held for a whole save, write included: one writer at a time, in order."""
         self._seeds: list[Contact] = []
         self._started = False
         self._closing = False
@@ -318,13 +330,11 @@ class DhtService:
         peers = []
         own = self.node.contact.key
         for contact in sorted(self.node.table.contacts(), key=lambda c: distance(c.key, own)):
-            connection = self._endpoint.connection_to(contact.node_id)
             peers.append(
                 KnownPeer(
                     contact=contact,
                     record=self.node.peer_record(contact.node_id),
-                    connected=connection is not None,
-                    rtt=connection.rtt if connection is not None else None,
+                    connected=self._endpoint.connection_to(contact.node_id) is not None,
                 )
             )
         return peers
@@ -373,14 +383,22 @@ class DhtService:
     def _serve(self, method: str, peer: str, payload: bytes) -> bytes:
         if self._closing:
             raise DhtRefusedError("the node is shutting down")
-        request = decode_request(method, payload)  # DhtCodecError: an ERROR to the caller
+        # Charged before decoding, so malformed requests count against the peer too.
+        admitted = self.node.admit(peer, self._clock())
+        self._pump()  # the RateLimited event
+        if not admitted:
+            raise DhtRefusedError("rate limited")
+        try:
+            request = decode_request(method, payload)
+        except DhtCodecError as err:
+            raise DhtRefusedError(f"malformed request: {err}") from err
         connection = self._endpoint.connection_to(peer)
         if connection is None:
             raise DhtRefusedError("the connection closed")
         sender = Contact(
             node_id=peer, host=str(connection.address[0]), port=int(connection.address[1])
         )
-        response = self.node.handle_request(sender, request, self._clock())
+        response = self.node.handle_request(sender, request, self._clock(), admitted=True)
         self._pump()
         if isinstance(response, Refused):
             raise DhtRefusedError(response.reason)
@@ -398,7 +416,7 @@ class DhtService:
             return
         self._pumping = True
         try:
-            for _ in range(_MAX_CLOSE_ROUNDS):
+            for _ in range(_MAX_PUMP_ROUNDS):
                 self._queue.extend(self.node.requests_to_send())
                 failed = False
                 while self._closing and self._queue:
@@ -416,44 +434,62 @@ class DhtService:
             self._pumping = False
 
     def _launch(self, out: OutgoingRequest) -> None:
+        self._unanswered.add(out.rpc)
         task = self._loop.create_task(self._call(out), name=f"dht-rpc-{out.rpc}")
         self._rpc_tasks.add(task)
-        task.add_done_callback(self._rpc_done)
+        task.add_done_callback(lambda task: self._rpc_done(task, out.rpc))
 
-    def _rpc_done(self, task: asyncio.Task[None]) -> None:
+    def _rpc_done(self, task: asyncio.Task[None], rpc: int) -> None:
         self._rpc_tasks.discard(task)
-        if not self._closing:
+        if rpc in self._unanswered:
+            # Cancelled before it ever ran (or it died unanswered): still one answer.
+            self._answer(rpc, None)
+        elif not self._closing:
             self._pump()  # a free slot: start the next queued RPC
+
+    def _answer(self, rpc: int, response: Response | None, answered_from: Address = None) -> None:
+        """Give the node its one answer for `rpc` (None: a failure), then pump."""
+        if rpc not in self._unanswered:
+            return
+        self._unanswered.discard(rpc)
+        if response is None:
+            self.node.handle_failure(rpc, self._clock())
+        else:
+            self.node.handle_response(rpc, response, self._clock(), answered_from=answered_from)
+        self._pump()
 
     async def _call(self, out: OutgoingRequest) -> None:
         try:
-            response = await self._exchange(out)
+            response, answered_from = await self._exchange(out)
         except asyncio.CancelledError:
-            self.node.handle_failure(out.rpc, self._clock())
-            self._pump()
+            self._answer(out.rpc, None)
             raise
-        if response is None:
-            self.node.handle_failure(out.rpc, self._clock())
-        else:
-            self.node.handle_response(out.rpc, response, self._clock())
-        self._pump()
+        self._answer(out.rpc, response, answered_from)
 
-    async def _exchange(self, out: OutgoingRequest) -> Response | None:
+    async def _exchange(self, out: OutgoingRequest) -> tuple[Response | None, Address]:
         """Dial and call; the decoded answer, a `Refused` for the peer's ERROR
-        (it is alive: refused, overloaded), or None for a failure."""
+        (it is alive: refused, overloaded), or None for a failure, and the
+        address the answer came from.
+
+        `connect` reuses any open connection to the node id, whatever address
+        the contact named, so the answer's address is the connection's: a
+        referrer lying about a real node's address cannot make it stick.
+        """
         contact = out.contact
         method = method_of(out.request)
+        address: Address = None
         try:
             async with asyncio.timeout(self.settings.rpc_timeout):
                 connection = await self._endpoint.connect(
                     contact.host, contact.port, contact.node_id
                 )
+                address = (str(connection.address[0]), int(connection.address[1]))
                 payload = await connection.request(
                     method, encode_request(out.request), timeout=self.settings.rpc_timeout
                 )
-            return decode_response(out.request, payload)
+            return decode_response(out.request, payload), address
         except RemoteCallError as err:
-            return Refused(reason=str(err))
+            return Refused(reason=str(err)), address
         except (TimeoutError, OverlayError, DhtCodecError, OSError) as err:
             error = str(err) or type(err).__name__
             self._events.event(
@@ -463,7 +499,7 @@ class DhtService:
             self._events.error(
                 "dht_rpc_error", peer=contact.node_id, method=method, error=repr(err)
             )
-        return None
+        return None, None
 
     # -- events --------------------------------------------------------------------------
 
@@ -538,16 +574,22 @@ class DhtService:
                 seeds = await self._resolve(self._seeds)
                 if seeds and await self._join(seeds, "dht_bootstrapped"):
                     start = self._loop.time()
-                    rejoins = [start + d for d in self.settings.rejoin_after]
+                    rejoins = sorted(start + d for d in self.settings.rejoin_after)
             elif rejoins and now >= rejoins[0] and len(self.node.table) > 0:
                 # Nodes that joined at the same time did not know each other
-                # yet: look ourselves up again so they do.
-                del rejoins[0]
+                # yet: look ourselves up again so they do (once for all the
+                # rejoins already due).
+                while rejoins and rejoins[0] <= now:
+                    del rejoins[0]
                 own = self.node.contact.key
                 await self._join(self.node.table.closest(own, self.node.settings.k), "")
             elif self._publish_pending and len(self.node.table) > 0:
                 self._republish()
-            await asyncio.sleep(self.settings.bootstrap_retry_interval)
+            # Until the next retry, or the next rejoin if that comes sooner.
+            delay = self.settings.bootstrap_retry_interval
+            if rejoins:
+                delay = min(delay, max(0.0, rejoins[0] - self._loop.time()))
+            await asyncio.sleep(delay)
 
     async def _join(self, seeds: list[Contact], event: str) -> bool:
         """Bootstrap through `seeds`; whether the table has peers afterwards."""
@@ -605,12 +647,25 @@ class DhtService:
     async def save_snapshot(self) -> bool:
         """Write the table to the data directory if it changed; an empty table
         never replaces a saved one. Returns whether a file was written."""
+        async with self._snapshot_lock:
+            return await self._save_snapshot()
+
+    async def _save_snapshot(self) -> bool:
+        path = self._snapshot_path
         contacts = self.node.table.contacts()
-        if self._snapshot_path is None or not contacts or frozenset(contacts) == self._saved:
+        if path is None or not contacts or frozenset(contacts) == self._saved:
             return False
         data = encode_snapshot(self.node_id, contacts, self._clock())
+        write = self._loop.run_in_executor(None, _write_atomically, path, data)
         try:
-            await asyncio.to_thread(_write_atomically, self._snapshot_path, data)
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: keep the lock until it is done, so
+            # the next save (the one at close) cannot overlap it.
+            await asyncio.wait([write])
+            if not write.cancelled():
+                write.exception()  # retrieved: a failed write of a cancelled save is moot
+            raise
         except OSError as err:
             self._events.warning(
                 "dht_snapshot_failed", path=str(self._snapshot_path), error=str(err)
@@ -659,17 +714,18 @@ def _address(contact: Contact) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Write temp, fsync, rename over `path`, fsync the directory."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write a temp file of its own (unique name, same directory), fsync,
+    rename over `path`, fsync the directory."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with open(temp, "wb") as f:
+        with open(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            temp.unlink()
+            os.unlink(temp)
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
