@@ -7,7 +7,6 @@ metadata key ``plasm-error-reason``, a `plasm.v1.ErrorReason` value name.
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,9 +25,11 @@ from plasm.v1 import (
 
 from plasm_grpc import __version__
 from plasm_grpc.api import codec
+from plasm_grpc.api.facts import local_capabilities
 from plasm_grpc.api.verify import ReceiptInput, verify_receipt
 from plasm_grpc.core.dht.records import (
     DEFAULT_WASI_VERSION,
+    Capabilities,
     PeerRecord,
     RecordError,
     WorkerRequirements,
@@ -284,16 +285,7 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
             node_id=ex.key.node_id,
             public_key=ex.key.public_key,
             version=__version__,
-            capabilities=codec.capabilities_pb(
-                arch=platform.machine(),
-                os_name=platform.system().lower(),
-                cores=os.cpu_count() or 1,
-                memory_bytes=_total_memory(),
-                runtime=ex.sandbox.engine.runtime,
-                max_limits=ex.max_limits,
-                free_slots=ex.free_slots,
-                total_slots=ex.slots,
-            ),
+            capabilities=_capabilities_pb(local_capabilities(ex)),
             grpc_addresses=list(self.facts.grpc_addresses),
             started_at=started,
             jobs_running=ex.running,
@@ -345,7 +337,7 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
         return service_pb2.ListPeersResponse(
             peers=[
                 self._known_peer(
-                    p.contact.node_id, f"{p.contact.host}:{p.contact.port}", p.record, rtts
+                    p.contact.node_id, host_port(p.contact.host, p.contact.port), p.record, rtts
                 )
                 for p in dht.known_peers()
             ]
@@ -455,11 +447,24 @@ def _stored(envelope_bytes: bytes) -> service_pb2.StoredReceipt:
     return stored
 
 
-def _total_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
+def _capabilities_pb(c: Capabilities) -> capability_pb2.Capabilities:
+    return capability_pb2.Capabilities(
+        arch=c.arch,
+        os=c.os,
+        cores=c.cores,
+        memory_bytes=c.memory_bytes,
+        runtime_name=c.runtime_name,
+        runtime_version=c.runtime_version,
+        wasi_version=c.wasi_version,
+        max_limits=codec.limits_to_pb(c.max_limits),
+        free_job_slots=c.free_job_slots,
+        total_job_slots=c.total_job_slots,
+    )
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets (`[::1]:7946`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _lookup_timeout(context: Ctx) -> float:

@@ -6,12 +6,11 @@ import asyncio
 import contextlib
 import ipaddress
 import os
-import platform
 import signal
 import socket
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from plasm.v1 import service_pb2, service_pb2_grpc
 
 from plasm_grpc.api import codec
+from plasm_grpc.api.facts import local_capabilities
 from plasm_grpc.api.service import (
     DhtPeer,
     DhtUnavailableError,
@@ -28,10 +28,10 @@ from plasm_grpc.api.service import (
     PeerLookup,
     PeerView,
     PlasmServicer,
+    host_port,
 )
 from plasm_grpc.core.dht.node import DhtSettings
 from plasm_grpc.core.dht.records import (
-    DEFAULT_WASI_VERSION,
     Capabilities,
     PeerRecord,
     WorkerRequirements,
@@ -178,61 +178,76 @@ async def start_node(config: Config, log: EventLog) -> Node:
             os.umask(old_umask)
             raise
         addresses.append(f"unix:{sock}")
-    overlay = await _start_overlay(config, key, log)
-    dht = await _start_dht(config, key, overlay, log) if overlay else None
-    servicer = PlasmServicer(
-        executor,
-        NodeFacts(
-            grpc_addresses=tuple(addresses),
-            started_at_ns=time.time_ns(),
-            overlay_address=f"{overlay.host}:{overlay.port}" if overlay else "",
-            peers=(lambda: _peer_views(overlay)) if overlay else (lambda: ()),
-            dht=_DhtView(dht) if dht else None,
-        ),
-        log,
-    )
-    service_pb2_grpc.add_PlasmServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    try:
-        await server.start()
-    finally:
-        if old_umask is not None:
-            os.umask(old_umask)
-    socket_inode = None
-    if config.grpc.unix_socket:
-        os.chmod(config.grpc.unix_socket, 0o660)
-        socket_inode = os.lstat(config.grpc.unix_socket).st_ino
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.event(
-        "ready",
-        overlay=f"{overlay.host}:{overlay.port}" if overlay else "",
-        node_id=key.node_id,
-        grpc=addresses,
-        data_dir=str(config.data_dir),
-        job_slots=executor.slots,
-        runtime=f"wasmtime {engine.runtime.version}",
-    )
+    overlay: OverlayEndpoint | None = None
+    dht: DhtService | None = None
     background: list[asyncio.Task[None]] = []
-    if dht is not None and overlay is not None:
-        background.append(
-            asyncio.create_task(
-                _advertise(
-                    dht,
-                    _advertised_addresses(overlay),
-                    lambda: _capabilities(config, engine, executor),
+    try:
+        try:
+            overlay = await _start_overlay(config, key, log)
+            dht = await _start_dht(config, key, overlay, log) if overlay else None
+            servicer = PlasmServicer(
+                executor,
+                NodeFacts(
+                    grpc_addresses=tuple(addresses),
+                    started_at_ns=time.time_ns(),
+                    overlay_address=host_port(overlay.host, overlay.port) if overlay else "",
+                    peers=(lambda: _peer_views(overlay)) if overlay else (lambda: ()),
+                    dht=_DhtView(dht) if dht else None,
+                ),
+                log,
+            )
+            service_pb2_grpc.add_PlasmServiceServicer_to_server(servicer, server)
+            health_servicer = health.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            await server.start()
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        socket_inode = None
+        if config.grpc.unix_socket:
+            os.chmod(config.grpc.unix_socket, 0o660)
+            socket_inode = os.lstat(config.grpc.unix_socket).st_ino
+        health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.event(
+            "ready",
+            overlay=host_port(overlay.host, overlay.port) if overlay else "",
+            node_id=key.node_id,
+            grpc=addresses,
+            data_dir=str(config.data_dir),
+            job_slots=executor.slots,
+            runtime=f"wasmtime {engine.runtime.version}",
+        )
+        if dht is not None and overlay is not None:
+            background.append(
+                asyncio.create_task(
+                    _advertise(
+                        dht,
+                        _advertised_addresses(overlay),
+                        lambda: local_capabilities(executor),
+                    )
                 )
             )
+        elif overlay is not None:  # the DHT is off: just keep the bootstrap peers connected
+            background.extend(
+                asyncio.create_task(_keep_connected(overlay, entry, config, log))
+                for entry in config.overlay.bootstrap
+            )
+    except BaseException:
+        await _undo_start(
+            log,
+            background=background,
+            dht=dht,
+            overlay=overlay,
+            server=server,
+            executor=executor,
+            store=store,
+            engine=engine,
         )
-    elif overlay is not None:  # the DHT is off: just keep the bootstrap peers connected
-        background.extend(
-            asyncio.create_task(_keep_connected(overlay, entry, config, log))
-            for entry in config.overlay.bootstrap
-        )
+        raise
     return Node(
         config,
         log,
@@ -247,6 +262,44 @@ async def start_node(config: Config, log: EventLog) -> Node:
         background,
         dht,
     )
+
+
+async def _undo_start(
+    log: EventLog,
+    *,
+    background: list[asyncio.Task[None]],
+    dht: DhtService | None,
+    overlay: OverlayEndpoint | None,
+    server: grpc.aio.Server,
+    executor: JobExecutor,
+    store: ReceiptStore,
+    engine: SandboxEngine,
+) -> None:
+    """Close what a failed `start_node` had started, in `Node.stop`'s order.
+
+    Each step runs even if one before it fails (logged): the startup error is
+    the one the caller sees.
+    """
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+    if dht is not None:
+        steps.append(("dht", dht.close))
+    if overlay is not None:
+        steps.append(("overlay", overlay.close))
+    steps.append(("grpc", lambda: server.stop(None)))
+    steps.append(("executor", lambda: asyncio.to_thread(executor.close)))
+    for what, step in steps:
+        try:
+            await step()
+        except Exception as err:  # noqa: BLE001 - logged; the startup error goes on
+            log.warning("startup_cleanup_failed", step=what, error=repr(err))
+    for what, close in (("store", store.close), ("engine", engine.close)):
+        try:
+            close()
+        except Exception as err:  # noqa: BLE001 - logged; the startup error goes on
+            log.warning("startup_cleanup_failed", step=what, error=repr(err))
 
 
 async def _start_overlay(config: Config, key: NodeKey, log: EventLog) -> OverlayEndpoint | None:
@@ -318,8 +371,7 @@ def _advertised_addresses(overlay: OverlayEndpoint) -> list[str]:
     with contextlib.suppress(ValueError):
         if ipaddress.ip_address(overlay.host).is_unspecified:
             return []
-    host = f"[{overlay.host}]" if ":" in overlay.host else overlay.host
-    return [f"{host}:{overlay.port}"]
+    return [host_port(overlay.host, overlay.port)]
 
 
 async def _advertise(
@@ -335,30 +387,6 @@ async def _advertise(
     while True:
         await asyncio.sleep(_CAPABILITIES_REFRESH_S)
         dht.update_capabilities(current())
-
-
-def _capabilities(config: Config, engine: SandboxEngine, executor: JobExecutor) -> Capabilities:
-    """What this node offers, as its peer record says (GetNodeInfo's capabilities)."""
-    runtime = engine.runtime
-    return Capabilities(
-        arch=platform.machine(),
-        os=platform.system().lower(),
-        cores=os.cpu_count() or 1,
-        memory_bytes=_total_memory(),
-        runtime_name=runtime.name,
-        runtime_version=runtime.version,
-        wasi_version=runtime.wasi_version or DEFAULT_WASI_VERSION,
-        max_limits=config.limits.max,
-        free_job_slots=executor.free_slots,
-        total_job_slots=executor.slots,
-    )
-
-
-def _total_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +440,7 @@ def _peer_views(overlay: OverlayEndpoint) -> list[PeerView]:
     return [
         PeerView(
             node_id=p.node_id,
-            address=f"{p.host}:{p.port}",
+            address=host_port(p.host, p.port),
             direction=p.direction,
             rtt_us=int((p.rtt or 0) * 1_000_000),
         )
