@@ -17,6 +17,7 @@ from plasm.v1 import (
     receipt_pb2,
 )
 
+from plasm_grpc.core.dht.records import Capabilities
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.errors import PlasmError
 from plasm_grpc.core.limits import ResourceLimits
@@ -163,26 +164,16 @@ def env_pairs(manifest: manifest_pb2.JobManifest) -> tuple[tuple[str, str], ...]
     return tuple((e.name, e.value) for e in manifest.env)
 
 
-def capabilities_pb(
-    *,
-    arch: str,
-    os_name: str,
-    cores: int,
-    memory_bytes: int,
-    runtime: RuntimeInfo,
-    max_limits: ResourceLimits,
-    free_slots: int,
-    total_slots: int,
-) -> capability_pb2.Capabilities:
+def capabilities_pb(c: Capabilities) -> capability_pb2.Capabilities:
     return capability_pb2.Capabilities(
-        arch=arch,
-        os=os_name,
-        cores=cores,
-        memory_bytes=memory_bytes,
-        runtime_name=runtime.name,
-        runtime_version=runtime.version,
-        wasi_version=runtime.wasi_version,
-        max_limits=limits_to_pb(max_limits),
-        free_job_slots=free_slots,
-        total_job_slots=total_slots,
+        arch=c.arch,
+        os=c.os,
+        cores=c.cores,
+        memory_bytes=c.memory_bytes,
+        runtime_name=c.runtime_name,
+        runtime_version=c.runtime_version,
+        wasi_version=c.wasi_version,
+        max_limits=limits_to_pb(c.max_limits),
+        free_job_slots=c.free_job_slots,
+        total_job_slots=c.total_job_slots,
     )

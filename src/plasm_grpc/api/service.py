@@ -29,7 +29,6 @@ from plasm_grpc.api.facts import local_capabilities
 from plasm_grpc.api.verify import ReceiptInput, verify_receipt
 from plasm_grpc.core.dht.records import (
     DEFAULT_WASI_VERSION,
-    Capabilities,
     PeerRecord,
     RecordError,
     WorkerRequirements,
@@ -285,7 +284,7 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
             node_id=ex.key.node_id,
             public_key=ex.key.public_key,
             version=__version__,
-            capabilities=_capabilities_pb(local_capabilities(ex)),
+            capabilities=codec.capabilities_pb(local_capabilities(ex)),
             grpc_addresses=list(self.facts.grpc_addresses),
             started_at=started,
             jobs_running=ex.running,
@@ -445,21 +444,6 @@ def _stored(envelope_bytes: bytes) -> service_pb2.StoredReceipt:
     with contextlib.suppress(codec.DecodeError):
         stored.body.CopyFrom(codec.decode_receipt_body(env.payload))
     return stored
-
-
-def _capabilities_pb(c: Capabilities) -> capability_pb2.Capabilities:
-    return capability_pb2.Capabilities(
-        arch=c.arch,
-        os=c.os,
-        cores=c.cores,
-        memory_bytes=c.memory_bytes,
-        runtime_name=c.runtime_name,
-        runtime_version=c.runtime_version,
-        wasi_version=c.wasi_version,
-        max_limits=codec.limits_to_pb(c.max_limits),
-        free_job_slots=c.free_job_slots,
-        total_job_slots=c.total_job_slots,
-    )
 
 
 def host_port(host: str, port: int) -> str:
