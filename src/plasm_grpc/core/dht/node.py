@@ -956,13 +956,20 @@ class DhtNode:
         # Replacing a held record leaves its old entry behind; a peer
         # re-signing its record in a loop must not grow the heap for a day.
         if len(self._expiries) > 2 * (len(self._records) + self._provider_count) + 64:
-            self._expiries = [
-                (r.content.expires_at, 0, None, n) for n, r in self._records.items()
-            ] + [
-                (r.content.expires_at, 0, k, n)
+            held: list[tuple[float, Key | None, str]] = [
+                (r.content.expires_at, None, n) for n, r in self._records.items()
+            ]
+            held += [
+                (r.content.expires_at, k, n)
                 for k, entries in self._providers.items()
                 for n, r in entries.items()
             ]
+            # Fresh sequence numbers: equal times must never compare keys.
+            self._expiries = [
+                (when, self._expiry_seq + i, key, node_id)
+                for i, (when, key, node_id) in enumerate(held, start=1)
+            ]
+            self._expiry_seq += len(held)
             heapq.heapify(self._expiries)
 
     def _expire(self, now: float) -> None:
