@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,8 @@ from typing import IO, Any
 import grpc
 from plasm.v1 import service_pb2, service_pb2_grpc
 
+from plasm_grpc.cli.devnet import DevNet, DevnetError
+
 TARGET_P50_MS = 15.0
 
 
@@ -40,62 +40,12 @@ class BenchError(RuntimeError):
 
 @dataclass
 class Proc:
-    popen: subprocess.Popen[bytes]
-    log: Path
-    node_id: str = ""
-    grpc_addr: str = ""
-    overlay: str = ""
-    channel: grpc.Channel | None = None
-    stub: service_pb2_grpc.PlasmServiceStub | None = None
-
-
-def _spawn(root: Path, index: int, config: str) -> Proc:
-    data = root / f"node{index}"
-    data.mkdir(parents=True)
-    (data / "plasmd.toml").write_text(config, encoding="utf-8")
-    log = data / "plasmd.log"
-    popen = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "plasm_grpc.daemon.main",
-            "--data-dir",
-            str(data / "data"),
-            "--listen",
-            "127.0.0.1:0",
-            "--overlay-listen",
-            "127.0.0.1:0",
-            "--config",
-            str(data / "plasmd.toml"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-    return Proc(popen=popen, log=log)
-
-
-def _wait_ready(proc: Proc, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in proc.log.read_text("utf-8", errors="replace").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                event = json.loads(line)
-                if isinstance(event, dict) and event.get("event") == "ready":
-                    proc.node_id = event["node_id"]
-                    proc.grpc_addr = event["grpc"][0]
-                    proc.overlay = event["overlay"]
-                    proc.channel = grpc.insecure_channel(proc.grpc_addr)
-                    proc.stub = service_pb2_grpc.PlasmServiceStub(proc.channel)
-                    return
-        if proc.popen.poll() is not None:
-            raise BenchError(f"plasmd exited with {proc.popen.returncode}; see {proc.log}")
-        time.sleep(0.1)
-    raise BenchError(f"plasmd not ready in {timeout} s; see {proc.log}")
+    node_id: str
+    channel: grpc.Channel
+    stub: service_pb2_grpc.PlasmServiceStub
 
 
 def _stub(proc: Proc) -> service_pb2_grpc.PlasmServiceStub:
-    assert proc.stub is not None
     return proc.stub
 
 
@@ -111,29 +61,23 @@ def run(
     rng = random.Random(seed)
     procs: list[Proc] = []
     with tempfile.TemporaryDirectory(prefix="plasm-dht-bench-") as tmp:
-        root = Path(tmp)
+        net = DevNet(Path(tmp))
         try:
             started = time.monotonic()
-            # Every node shares 127.0.0.1: lift the per-IP inbound connection limit.
-            overlay = "[overlay]\nmax_connections_per_ip = 1024\n"
-            procs.append(_spawn(root, 0, '[log]\nlevel = "info"\n' + overlay))
-            _wait_ready(procs[0], 60)
-            bootstrap = f"{procs[0].node_id}@{procs[0].overlay}"
-            config = (
-                '[log]\nlevel = "info"\n'
-                + overlay
-                + f'bootstrap = ["{bootstrap}"]\nreconnect_interval_s = 1.0\n'
-            )
-            for i in range(1, nodes):
-                procs.append(_spawn(root, i, config))
-            for proc in procs[1:]:
-                _wait_ready(proc, 120)
+            try:
+                net.start(nodes)  # `plasm devnet`: a seed, the rest bootstrap from it
+            except DevnetError as err:
+                raise BenchError(str(err)) from err
+            for node in net.nodes:
+                channel = grpc.insecure_channel(node.grpc)
+                procs.append(
+                    Proc(node.node_id, channel, service_pb2_grpc.PlasmServiceStub(channel))
+                )
             print(
                 f"  {nodes} plasmd processes ready in {time.monotonic() - started:.1f} s",
                 file=out,
                 flush=True,
             )
-            everyone = {p.node_id for p in procs}
             deadline = time.monotonic() + 120
             pending = list(procs)
             while pending and time.monotonic() < deadline:
@@ -184,17 +128,10 @@ def run(
                 inside_ms.append(response.duration_us / 1000)
                 hops.append(response.hops)
                 rpcs.append(response.rpcs)
-            assert everyone
         finally:
             for proc in procs:
-                if proc.channel is not None:
-                    proc.channel.close()
-                proc.popen.terminate()
-            for proc in procs:
-                try:
-                    proc.popen.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.popen.kill()
+                proc.channel.close()
+            net.stop()
     if not inside_ms:
         raise BenchError("every lookup failed")
     result = {

@@ -557,6 +557,71 @@ def cmd_peer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devnet(args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+    import tempfile
+    import threading
+
+    from plasm_grpc.cli.devnet import DevNet, DevnetError
+
+    if not 1 <= args.nodes <= 200:
+        die("--nodes must be between 1 and 200", EXIT_USAGE)
+    keep = args.dir is not None
+    root = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="plasm-devnet-"))
+    net = DevNet(root)
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        err_console.print(f"starting {args.nodes} plasmd on loopback under {root} …", markup=False)
+        try:
+            net.start(args.nodes)
+        except DevnetError as err:
+            die(str(err))
+        table = Table(
+            title=f"devnet: {args.nodes} nodes (node 0 is the seed)", title_justify="left"
+        )
+        for col in ("node", "node id", "gRPC", "overlay (udp)"):
+            table.add_column(col)
+        for n in net.nodes:
+            table.add_row(str(n.index), Text(short(n.node_id)), Text(n.grpc), Text(n.overlay))
+        Console(highlight=False).print(table)
+        err_console.print(
+            f"addresses in {root / 'devnet.json'}, logs in {root}/node*/plasmd.log\n"
+            f"try: plasm --addr {net.nodes[0].grpc} peers\n"
+            "Ctrl-C stops every node.",
+            markup=False,
+        )
+        if args.once:
+            stop.set()
+        while not stop.wait(0.5):
+            dead = [n for n in net.nodes if n.process.poll() is not None]
+            if dead:
+                err_console.print(
+                    f"node {dead[0].index} exited with {dead[0].process.returncode} "
+                    f"(see {dead[0].log}); stopping the devnet",
+                    markup=False,
+                )
+                net.stop()
+                return EXIT_RPC
+        err_console.print("stopping …", markup=False)
+        codes = net.stop()
+        bad = [i for i, code in enumerate(codes) if code != 0]
+        if bad:
+            err_console.print(f"nodes {bad} did not stop cleanly", markup=False)
+            return EXIT_RPC
+        err_console.print(f"stopped {len(codes)} nodes", markup=False)
+        return 0
+    finally:
+        net.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     client = connect(args)
     response: service_pb2.FindWorkersResponse = client.call(
@@ -792,6 +857,23 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--limit", type=_nonneg, default=20, help="most workers to list (max 100)")
     w.add_argument("--json", action="store_true")
     w.set_defaults(func=cmd_workers)
+
+    dn = sub.add_parser(
+        "devnet",
+        help="run a local network of N plasmd on loopback until Ctrl-C",
+        description="Start N plasmd processes on 127.0.0.1 (node 0 is the seed, the "
+        "others bootstrap from it through the DHT), each with its own data directory, "
+        "log and kernel-chosen ports; print their addresses (also in DIR/devnet.json) "
+        "and keep them running until Ctrl-C or SIGTERM, then stop them cleanly.",
+    )
+    dn.add_argument("--nodes", type=_nonneg, default=3, help="how many nodes (default 3)")
+    dn.add_argument(
+        "--dir", help="keep data directories and logs here (default: a temporary directory)"
+    )
+    dn.add_argument(
+        "--once", action="store_true", help="start, print the addresses, then stop (a check)"
+    )
+    dn.set_defaults(func=cmd_devnet)
 
     r = sub.add_parser("receipts", help="list stored receipts, newest first")
     r.add_argument("--limit", type=_nonneg, default=20, help="receipts per page (max 1000)")
