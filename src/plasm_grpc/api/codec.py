@@ -10,58 +10,45 @@ from typing import Final
 from google.protobuf.message import DecodeError as ProtoDecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from plasm.v1 import (
-    capability_pb2,
     envelope_pb2,
-    limits_pb2,
     manifest_pb2,
     receipt_pb2,
 )
 
-from plasm_grpc.core.dht.records import Capabilities
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.errors import PlasmError
-from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.core.receipt import Receipt, RuntimeInfo
+from plasm_grpc.wire import (
+    capabilities_to_pb,
+    envelope_from_pb,
+    envelope_to_pb,
+    limits_from_pb,
+    limits_to_pb,
+)
 
 # Trailing-metadata key carrying a plasm.v1.ErrorReason value name on a failed RPC.
+__all__ = [  # the conversions shared with net come from plasm_grpc.wire
+    "REASON_KEY",
+    "DecodeError",
+    "capabilities_to_pb",
+    "decode_receipt_body",
+    "encode_receipt",
+    "env_pairs",
+    "envelope_from_bytes",
+    "envelope_from_pb",
+    "envelope_to_pb",
+    "limits_from_pb",
+    "limits_to_pb",
+    "receipt_from_pb",
+    "receipt_to_pb",
+]
+
 REASON_KEY: Final = "plasm-error-reason"
 
 
 class DecodeError(PlasmError):
     """Bytes that should hold a message do not."""
-
-
-def limits_to_pb(limits: ResourceLimits) -> limits_pb2.ResourceLimits:
-    return limits_pb2.ResourceLimits(
-        max_memory_bytes=limits.max_memory_bytes,
-        max_fuel=limits.max_fuel,
-        timeout_ms=limits.timeout_ms,
-        max_stdout_bytes=limits.max_stdout_bytes,
-        max_stderr_bytes=limits.max_stderr_bytes,
-    )
-
-
-def limits_from_pb(msg: limits_pb2.ResourceLimits) -> ResourceLimits:
-    return ResourceLimits(
-        max_memory_bytes=msg.max_memory_bytes,
-        max_fuel=msg.max_fuel,
-        timeout_ms=msg.timeout_ms,
-        max_stdout_bytes=msg.max_stdout_bytes,
-        max_stderr_bytes=msg.max_stderr_bytes,
-    )
-
-
-def envelope_to_pb(env: SignedEnvelope) -> envelope_pb2.SignedEnvelope:
-    return envelope_pb2.SignedEnvelope(
-        payload=env.payload, signature=env.signature, signer_public_key=env.signer_public_key
-    )
-
-
-def envelope_from_pb(msg: envelope_pb2.SignedEnvelope) -> SignedEnvelope:
-    return SignedEnvelope(
-        payload=msg.payload, signature=msg.signature, signer_public_key=msg.signer_public_key
-    )
 
 
 def envelope_from_bytes(data: bytes) -> SignedEnvelope:
@@ -162,18 +149,3 @@ def receipt_from_pb(body: receipt_pb2.ReceiptBody) -> Receipt:
 
 def env_pairs(manifest: manifest_pb2.JobManifest) -> tuple[tuple[str, str], ...]:
     return tuple((e.name, e.value) for e in manifest.env)
-
-
-def capabilities_pb(c: Capabilities) -> capability_pb2.Capabilities:
-    return capability_pb2.Capabilities(
-        arch=c.arch,
-        os=c.os,
-        cores=c.cores,
-        memory_bytes=c.memory_bytes,
-        runtime_name=c.runtime_name,
-        runtime_version=c.runtime_version,
-        wasi_version=c.wasi_version,
-        max_limits=limits_to_pb(c.max_limits),
-        free_job_slots=c.free_job_slots,
-        total_job_slots=c.total_job_slots,
-    )

@@ -284,7 +284,7 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
             node_id=ex.key.node_id,
             public_key=ex.key.public_key,
             version=__version__,
-            capabilities=codec.capabilities_pb(local_capabilities(ex)),
+            capabilities=codec.capabilities_to_pb(local_capabilities(ex)),
             grpc_addresses=list(self.facts.grpc_addresses),
             started_at=started,
             jobs_running=ex.running,

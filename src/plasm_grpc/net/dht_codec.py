@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from plasm.v1 import capability_pb2, dht_pb2, envelope_pb2, limits_pb2
 
+from plasm_grpc import wire
 from plasm_grpc.core.dht.keys import KEY_BYTES, Key
 from plasm_grpc.core.dht.messages import (
     MAX_CONTACTS,
@@ -51,6 +52,10 @@ from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.errors import PlasmError
 from plasm_grpc.core.limits import ResourceLimits
+from plasm_grpc.wire import (
+    capabilities_to_pb,
+    envelope_to_pb,
+)
 
 __all__ = [
     "MAX_ENVELOPE_PAYLOAD_BYTES",
@@ -154,14 +159,6 @@ def _contacts_from_pb(msgs: Sequence[dht_pb2.DhtContact]) -> tuple[Contact, ...]
     return tuple(contact_from_pb(m) for m in msgs)
 
 
-def envelope_to_pb(envelope: SignedEnvelope) -> envelope_pb2.SignedEnvelope:
-    return envelope_pb2.SignedEnvelope(
-        payload=envelope.payload,
-        signature=envelope.signature,
-        signer_public_key=envelope.signer_public_key,
-    )
-
-
 def envelope_from_pb(msg: envelope_pb2.SignedEnvelope) -> SignedEnvelope:
     """The envelope as received; its signature is checked later, by `open_record`."""
     if len(msg.payload) > MAX_ENVELOPE_PAYLOAD_BYTES:
@@ -171,9 +168,7 @@ def envelope_from_pb(msg: envelope_pb2.SignedEnvelope) -> SignedEnvelope:
         )
     if max(len(msg.signature), len(msg.signer_public_key)) > _MAX_SIGNATURE_FIELD_BYTES:
         raise DhtCodecError("an envelope's signature or public key is far too long")
-    return SignedEnvelope(
-        payload=msg.payload, signature=msg.signature, signer_public_key=msg.signer_public_key
-    )
+    return wire.envelope_from_pb(msg)
 
 
 def _optional_envelope(
@@ -190,42 +185,11 @@ def _required_envelope(
     return envelope_from_pb(msg.record)
 
 
-def limits_to_pb(limits: ResourceLimits) -> limits_pb2.ResourceLimits:
-    return limits_pb2.ResourceLimits(
-        max_memory_bytes=limits.max_memory_bytes,
-        max_fuel=limits.max_fuel,
-        timeout_ms=limits.timeout_ms,
-        max_stdout_bytes=limits.max_stdout_bytes,
-        max_stderr_bytes=limits.max_stderr_bytes,
-    )
-
-
 def limits_from_pb(msg: limits_pb2.ResourceLimits) -> ResourceLimits:
     try:
-        return ResourceLimits(
-            max_memory_bytes=msg.max_memory_bytes,
-            max_fuel=msg.max_fuel,
-            timeout_ms=msg.timeout_ms,
-            max_stdout_bytes=msg.max_stdout_bytes,
-            max_stderr_bytes=msg.max_stderr_bytes,
-        )
+        return wire.limits_from_pb(msg)
     except PlasmError as err:
         raise DhtCodecError(f"bad limits: {err}") from err
-
-
-def capabilities_to_pb(capabilities: Capabilities) -> capability_pb2.Capabilities:
-    return capability_pb2.Capabilities(
-        arch=capabilities.arch,
-        os=capabilities.os,
-        cores=capabilities.cores,
-        memory_bytes=capabilities.memory_bytes,
-        runtime_name=capabilities.runtime_name,
-        runtime_version=capabilities.runtime_version,
-        wasi_version=capabilities.wasi_version,
-        max_limits=limits_to_pb(capabilities.max_limits),
-        free_job_slots=capabilities.free_job_slots,
-        total_job_slots=capabilities.total_job_slots,
-    )
 
 
 def capabilities_from_pb(msg: capability_pb2.Capabilities) -> Capabilities:
