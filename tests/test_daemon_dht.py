@@ -13,7 +13,8 @@ import pytest
 from plasm.v1 import service_pb2
 
 from plasm_grpc.api.facts import local_capabilities, total_memory
-from plasm_grpc.api.service import DhtPeer, NodeFacts, PlasmServicer, host_port
+from plasm_grpc.api.service import DhtPeer, NodeFacts, PlasmServicer
+from plasm_grpc.core.address import host_port
 from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.daemon.config import Config, GrpcConfig, JobsConfig, OverlayConfig

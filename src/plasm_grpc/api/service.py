@@ -27,6 +27,7 @@ from plasm_grpc import __version__
 from plasm_grpc.api import codec
 from plasm_grpc.api.facts import local_capabilities
 from plasm_grpc.api.verify import ReceiptInput, verify_receipt
+from plasm_grpc.core.address import host_port
 from plasm_grpc.core.dht.records import (
     DEFAULT_WASI_VERSION,
     PeerRecord,
@@ -444,11 +445,6 @@ def _stored(envelope_bytes: bytes) -> service_pb2.StoredReceipt:
     with contextlib.suppress(codec.DecodeError):
         stored.body.CopyFrom(codec.decode_receipt_body(env.payload))
     return stored
-
-
-def host_port(host: str, port: int) -> str:
-    """`host:port`, an IPv6 host in brackets (`[::1]:7946`)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _lookup_timeout(context: Ctx) -> float:

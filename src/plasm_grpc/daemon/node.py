@@ -28,8 +28,8 @@ from plasm_grpc.api.service import (
     PeerLookup,
     PeerView,
     PlasmServicer,
-    host_port,
 )
+from plasm_grpc.core.address import host_port
 from plasm_grpc.core.dht.node import DhtSettings
 from plasm_grpc.core.dht.records import (
     Capabilities,

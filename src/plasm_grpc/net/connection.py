@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf.message import DecodeError
 from plasm.v1 import overlay_pb2
 
+from plasm_grpc.core.address import host_port
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.framing import (
     LENGTH_PREFIX_BYTES,
@@ -1000,5 +1001,4 @@ def _describe_close(event: quic_events.ConnectionTerminated) -> str:
 
 
 def _format_address(address: NetworkAddress) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return host_port(str(address[0]), int(address[1]))

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from plasm_grpc.core.address import host_port
 from plasm_grpc.core.dht.keys import Key, distance
 from plasm_grpc.core.dht.messages import METHODS, Refused, Response
 from plasm_grpc.core.dht.node import (
@@ -709,8 +710,7 @@ class DhtService:
 
 
 def _address(contact: Contact) -> str:
-    host = f"[{contact.host}]" if ":" in contact.host else contact.host
-    return f"{host}:{contact.port}"
+    return host_port(contact.host, contact.port)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
