@@ -45,6 +45,32 @@ class DeclineReason
      * Generated from protobuf enum <code>DECLINE_REASON_SHUTTING_DOWN = 7;</code>
      */
     const DECLINE_REASON_SHUTTING_DOWN = 7;
+    /**
+     * The worker already holds a job with this id.
+     *
+     * Generated from protobuf enum <code>DECLINE_REASON_DUPLICATE_JOB = 8;</code>
+     */
+    const DECLINE_REASON_DUPLICATE_JOB = 8;
+    /**
+     * This requester already holds its fair share of the worker's slots and
+     * queue; other requesters keep theirs.
+     *
+     * Generated from protobuf enum <code>DECLINE_REASON_REQUESTER_LIMIT = 9;</code>
+     */
+    const DECLINE_REASON_REQUESTER_LIMIT = 9;
+    /**
+     * The offer is malformed (bad ids, a requester id that is not the
+     * connection's, a deadline in the past).
+     *
+     * Generated from protobuf enum <code>DECLINE_REASON_INVALID_OFFER = 10;</code>
+     */
+    const DECLINE_REASON_INVALID_OFFER = 10;
+    /**
+     * The worker does not take jobs from peers (remote.accept_jobs = false).
+     *
+     * Generated from protobuf enum <code>DECLINE_REASON_NOT_ACCEPTING = 11;</code>
+     */
+    const DECLINE_REASON_NOT_ACCEPTING = 11;
 
     private static $valueToName = [
         self::DECLINE_REASON_UNSPECIFIED => 'DECLINE_REASON_UNSPECIFIED',
@@ -55,6 +81,10 @@ class DeclineReason
         self::DECLINE_REASON_INPUT_TOO_LARGE => 'DECLINE_REASON_INPUT_TOO_LARGE',
         self::DECLINE_REASON_DEADLINE_TOO_SHORT => 'DECLINE_REASON_DEADLINE_TOO_SHORT',
         self::DECLINE_REASON_SHUTTING_DOWN => 'DECLINE_REASON_SHUTTING_DOWN',
+        self::DECLINE_REASON_DUPLICATE_JOB => 'DECLINE_REASON_DUPLICATE_JOB',
+        self::DECLINE_REASON_REQUESTER_LIMIT => 'DECLINE_REASON_REQUESTER_LIMIT',
+        self::DECLINE_REASON_INVALID_OFFER => 'DECLINE_REASON_INVALID_OFFER',
+        self::DECLINE_REASON_NOT_ACCEPTING => 'DECLINE_REASON_NOT_ACCEPTING',
     ];
 
     public static function name($value)

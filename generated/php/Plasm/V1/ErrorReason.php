@@ -109,6 +109,19 @@ class ErrorReason
      * Generated from protobuf enum <code>ERROR_REASON_PEER_NOT_FOUND = 15;</code>
      */
     const ERROR_REASON_PEER_NOT_FOUND = 15;
+    /**
+     * No worker ran the job: none was found, or each declined or failed. The
+     * message lists every worker tried and why.
+     *
+     * Generated from protobuf enum <code>ERROR_REASON_NO_WORKER = 16;</code>
+     */
+    const ERROR_REASON_NO_WORKER = 16;
+    /**
+     * No job with that id on this node.
+     *
+     * Generated from protobuf enum <code>ERROR_REASON_JOB_NOT_FOUND = 17;</code>
+     */
+    const ERROR_REASON_JOB_NOT_FOUND = 17;
 
     private static $valueToName = [
         self::ERROR_REASON_UNSPECIFIED => 'ERROR_REASON_UNSPECIFIED',
@@ -127,6 +140,8 @@ class ErrorReason
         self::ERROR_REASON_DHT_UNAVAILABLE => 'ERROR_REASON_DHT_UNAVAILABLE',
         self::ERROR_REASON_LOOKUP_TIMEOUT => 'ERROR_REASON_LOOKUP_TIMEOUT',
         self::ERROR_REASON_PEER_NOT_FOUND => 'ERROR_REASON_PEER_NOT_FOUND',
+        self::ERROR_REASON_NO_WORKER => 'ERROR_REASON_NO_WORKER',
+        self::ERROR_REASON_JOB_NOT_FOUND => 'ERROR_REASON_JOB_NOT_FOUND',
     ];
 
     public static function name($value)

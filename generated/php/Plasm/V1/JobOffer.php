@@ -58,11 +58,20 @@ class JobOffer extends \Google\Protobuf\Internal\Message
      */
     protected $deadline = null;
     /**
-     * Requester's node id, 64 lowercase hex.
+     * Requester's node id, 64 lowercase hex. Must equal the identity the
+     * requester proved on the overlay connection the offer arrives on.
      *
      * Generated from protobuf field <code>string requester_node_id = 8;</code>
      */
     protected $requester_node_id = '';
+    /**
+     * SHA-256 of the canonical input encoding (args, env, stdin; see
+     * docs/receipts.md), 64 lowercase hex. The worker checks the JobRun's
+     * input against it on arrival.
+     *
+     * Generated from protobuf field <code>string input_sha256 = 9;</code>
+     */
+    protected $input_sha256 = '';
 
     /**
      * Constructor.
@@ -85,7 +94,12 @@ class JobOffer extends \Google\Protobuf\Internal\Message
      *     @type \Google\Protobuf\Timestamp $deadline
      *           The requester gives up after this time.
      *     @type string $requester_node_id
-     *           Requester's node id, 64 lowercase hex.
+     *           Requester's node id, 64 lowercase hex. Must equal the identity the
+     *           requester proved on the overlay connection the offer arrives on.
+     *     @type string $input_sha256
+     *           SHA-256 of the canonical input encoding (args, env, stdin; see
+     *           docs/receipts.md), 64 lowercase hex. The worker checks the JobRun's
+     *           input against it on arrival.
      * }
      */
     public function __construct($data = NULL) {
@@ -306,7 +320,8 @@ class JobOffer extends \Google\Protobuf\Internal\Message
     }
 
     /**
-     * Requester's node id, 64 lowercase hex.
+     * Requester's node id, 64 lowercase hex. Must equal the identity the
+     * requester proved on the overlay connection the offer arrives on.
      *
      * Generated from protobuf field <code>string requester_node_id = 8;</code>
      * @return string
@@ -317,7 +332,8 @@ class JobOffer extends \Google\Protobuf\Internal\Message
     }
 
     /**
-     * Requester's node id, 64 lowercase hex.
+     * Requester's node id, 64 lowercase hex. Must equal the identity the
+     * requester proved on the overlay connection the offer arrives on.
      *
      * Generated from protobuf field <code>string requester_node_id = 8;</code>
      * @param string $var
@@ -327,6 +343,36 @@ class JobOffer extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkString($var, True);
         $this->requester_node_id = $var;
+
+        return $this;
+    }
+
+    /**
+     * SHA-256 of the canonical input encoding (args, env, stdin; see
+     * docs/receipts.md), 64 lowercase hex. The worker checks the JobRun's
+     * input against it on arrival.
+     *
+     * Generated from protobuf field <code>string input_sha256 = 9;</code>
+     * @return string
+     */
+    public function getInputSha256()
+    {
+        return $this->input_sha256;
+    }
+
+    /**
+     * SHA-256 of the canonical input encoding (args, env, stdin; see
+     * docs/receipts.md), 64 lowercase hex. The worker checks the JobRun's
+     * input against it on arrival.
+     *
+     * Generated from protobuf field <code>string input_sha256 = 9;</code>
+     * @param string $var
+     * @return $this
+     */
+    public function setInputSha256($var)
+    {
+        GPBUtil::checkString($var, True);
+        $this->input_sha256 = $var;
 
         return $this;
     }

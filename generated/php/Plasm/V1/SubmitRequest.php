@@ -24,6 +24,13 @@ class SubmitRequest extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>bytes module = 2;</code>
      */
     protected $module = '';
+    /**
+     * Optional job id (32 lowercase hex) chosen by the client, so it can Watch
+     * or Cancel the job while Submit runs; empty: the node chooses one.
+     *
+     * Generated from protobuf field <code>string job_id = 3;</code>
+     */
+    protected $job_id = '';
 
     /**
      * Constructor.
@@ -35,6 +42,9 @@ class SubmitRequest extends \Google\Protobuf\Internal\Message
      *     @type string $module
      *           The module bytes. May be empty when the node already holds
      *           manifest.module_sha256.
+     *     @type string $job_id
+     *           Optional job id (32 lowercase hex) chosen by the client, so it can Watch
+     *           or Cancel the job while Submit runs; empty: the node chooses one.
      * }
      */
     public function __construct($data = NULL) {
@@ -98,6 +108,34 @@ class SubmitRequest extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkString($var, False);
         $this->module = $var;
+
+        return $this;
+    }
+
+    /**
+     * Optional job id (32 lowercase hex) chosen by the client, so it can Watch
+     * or Cancel the job while Submit runs; empty: the node chooses one.
+     *
+     * Generated from protobuf field <code>string job_id = 3;</code>
+     * @return string
+     */
+    public function getJobId()
+    {
+        return $this->job_id;
+    }
+
+    /**
+     * Optional job id (32 lowercase hex) chosen by the client, so it can Watch
+     * or Cancel the job while Submit runs; empty: the node chooses one.
+     *
+     * Generated from protobuf field <code>string job_id = 3;</code>
+     * @param string $var
+     * @return $this
+     */
+    public function setJobId($var)
+    {
+        GPBUtil::checkString($var, True);
+        $this->job_id = $var;
 
         return $this;
     }

@@ -17,6 +17,20 @@ class SubmitResponse extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>.plasm.v1.JobResult result = 1;</code>
      */
     protected $result = null;
+    /**
+     * Every attempt to place the job, in order; the last one produced the
+     * result. A job run locally has one attempt naming this node.
+     *
+     * Generated from protobuf field <code>repeated .plasm.v1.JobAttempt attempts = 2;</code>
+     */
+    private $attempts;
+    /**
+     * The node that ran the job (64 lowercase hex); its receipt was checked by
+     * this node before answering.
+     *
+     * Generated from protobuf field <code>string executor_node_id = 3;</code>
+     */
+    protected $executor_node_id = '';
 
     /**
      * Constructor.
@@ -25,6 +39,12 @@ class SubmitResponse extends \Google\Protobuf\Internal\Message
      *     Optional. Data for populating the Message object.
      *
      *     @type \Plasm\V1\JobResult $result
+     *     @type array<\Plasm\V1\JobAttempt>|\Google\Protobuf\Internal\RepeatedField $attempts
+     *           Every attempt to place the job, in order; the last one produced the
+     *           result. A job run locally has one attempt naming this node.
+     *     @type string $executor_node_id
+     *           The node that ran the job (64 lowercase hex); its receipt was checked by
+     *           this node before answering.
      * }
      */
     public function __construct($data = NULL) {
@@ -60,6 +80,62 @@ class SubmitResponse extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkMessage($var, \Plasm\V1\JobResult::class);
         $this->result = $var;
+
+        return $this;
+    }
+
+    /**
+     * Every attempt to place the job, in order; the last one produced the
+     * result. A job run locally has one attempt naming this node.
+     *
+     * Generated from protobuf field <code>repeated .plasm.v1.JobAttempt attempts = 2;</code>
+     * @return \Google\Protobuf\Internal\RepeatedField
+     */
+    public function getAttempts()
+    {
+        return $this->attempts;
+    }
+
+    /**
+     * Every attempt to place the job, in order; the last one produced the
+     * result. A job run locally has one attempt naming this node.
+     *
+     * Generated from protobuf field <code>repeated .plasm.v1.JobAttempt attempts = 2;</code>
+     * @param array<\Plasm\V1\JobAttempt>|\Google\Protobuf\Internal\RepeatedField $var
+     * @return $this
+     */
+    public function setAttempts($var)
+    {
+        $arr = GPBUtil::checkRepeatedField($var, \Google\Protobuf\Internal\GPBType::MESSAGE, \Plasm\V1\JobAttempt::class);
+        $this->attempts = $arr;
+
+        return $this;
+    }
+
+    /**
+     * The node that ran the job (64 lowercase hex); its receipt was checked by
+     * this node before answering.
+     *
+     * Generated from protobuf field <code>string executor_node_id = 3;</code>
+     * @return string
+     */
+    public function getExecutorNodeId()
+    {
+        return $this->executor_node_id;
+    }
+
+    /**
+     * The node that ran the job (64 lowercase hex); its receipt was checked by
+     * this node before answering.
+     *
+     * Generated from protobuf field <code>string executor_node_id = 3;</code>
+     * @param string $var
+     * @return $this
+     */
+    public function setExecutorNodeId($var)
+    {
+        GPBUtil::checkString($var, True);
+        $this->executor_node_id = $var;
 
         return $this;
     }

@@ -53,6 +53,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A DHT lookup did not finish within the call's deadline."""
     ERROR_REASON_PEER_NOT_FOUND: _ErrorReason.ValueType  # 15
     """A DHT lookup finished without finding the node asked for."""
+    ERROR_REASON_NO_WORKER: _ErrorReason.ValueType  # 16
+    """No worker ran the job: none was found, or each declined or failed. The
+    message lists every worker tried and why.
+    """
+    ERROR_REASON_JOB_NOT_FOUND: _ErrorReason.ValueType  # 17
+    """No job with that id on this node."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reason for a failed RPC. A failed call carries the gRPC
@@ -91,4 +97,10 @@ ERROR_REASON_LOOKUP_TIMEOUT: ErrorReason.ValueType  # 14
 """A DHT lookup did not finish within the call's deadline."""
 ERROR_REASON_PEER_NOT_FOUND: ErrorReason.ValueType  # 15
 """A DHT lookup finished without finding the node asked for."""
+ERROR_REASON_NO_WORKER: ErrorReason.ValueType  # 16
+"""No worker ran the job: none was found, or each declined or failed. The
+message lists every worker tried and why.
+"""
+ERROR_REASON_JOB_NOT_FOUND: ErrorReason.ValueType  # 17
+"""No job with that id on this node."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -25,27 +25,49 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from plasm.v1 import capability_pb2 as plasm_dot_v1_dot_capability__pb2
 from plasm.v1 import envelope_pb2 as plasm_dot_v1_dot_envelope__pb2
+from plasm.v1 import errors_pb2 as plasm_dot_v1_dot_errors__pb2
 from plasm.v1 import limits_pb2 as plasm_dot_v1_dot_limits__pb2
+from plasm.v1 import manifest_pb2 as plasm_dot_v1_dot_manifest__pb2
 from plasm.v1 import receipt_pb2 as plasm_dot_v1_dot_receipt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12plasm/v1/job.proto\x12\x08plasm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19plasm/v1/capability.proto\x1a\x17plasm/v1/envelope.proto\x1a\x15plasm/v1/limits.proto\x1a\x16plasm/v1/receipt.proto\"\x84\x02\n\x08JobOffer\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x35\n\x0crequirements\x18\x02 \x01(\x0b\x32\x1f.plasm.v1.PlacementRequirements\x12(\n\x06limits\x18\x03 \x01(\x0b\x32\x18.plasm.v1.ResourceLimits\x12\x15\n\rmodule_sha256\x18\x04 \x01(\t\x12\x13\n\x0bmodule_size\x18\x05 \x01(\x04\x12\x12\n\ninput_size\x18\x06 \x01(\x04\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11requester_node_id\x18\x08 \x01(\t\"\x9e\x01\n\nJobDecline\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06reason\x18\x02 \x01(\x0e\x32\x17.plasm.v1.DeclineReason\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x16\n\x0eworker_node_id\x18\x04 \x01(\t\x12/\n\x0b\x64\x65\x63lined_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\tJobAccept\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nhas_module\x18\x04 \x01(\x08\"m\n\x0bJobResponse\x12%\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x13.plasm.v1.JobAcceptH\x00\x12+\n\x07\x64\x65\x63line\x18\x02 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelopeH\x00\x42\n\n\x08response\"\xc0\x01\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\"\n\x07outcome\x18\x02 \x01(\x0e\x32\x11.plasm.v1.Outcome\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x11\n\ttrap_code\x18\x04 \x01(\t\x12\x0e\n\x06stdout\x18\x05 \x01(\x0c\x12\x0e\n\x06stderr\x18\x06 \x01(\x0c\x12)\n\x07receipt\x18\x07 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t*\xa6\x02\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x45\x43LINE_REASON_BUSY\x10\x01\x12\"\n\x1e\x44\x45\x43LINE_REASON_LIMITS_TOO_HIGH\x10\x02\x12&\n\"DECLINE_REASON_UNSUPPORTED_RUNTIME\x10\x03\x12#\n\x1f\x44\x45\x43LINE_REASON_MODULE_TOO_LARGE\x10\x04\x12\"\n\x1e\x44\x45\x43LINE_REASON_INPUT_TOO_LARGE\x10\x05\x12%\n!DECLINE_REASON_DEADLINE_TOO_SHORT\x10\x06\x12 \n\x1c\x44\x45\x43LINE_REASON_SHUTTING_DOWN\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12plasm/v1/job.proto\x12\x08plasm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19plasm/v1/capability.proto\x1a\x17plasm/v1/envelope.proto\x1a\x15plasm/v1/errors.proto\x1a\x15plasm/v1/limits.proto\x1a\x17plasm/v1/manifest.proto\x1a\x16plasm/v1/receipt.proto\"\x9a\x02\n\x08JobOffer\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x35\n\x0crequirements\x18\x02 \x01(\x0b\x32\x1f.plasm.v1.PlacementRequirements\x12(\n\x06limits\x18\x03 \x01(\x0b\x32\x18.plasm.v1.ResourceLimits\x12\x15\n\rmodule_sha256\x18\x04 \x01(\t\x12\x13\n\x0bmodule_size\x18\x05 \x01(\x04\x12\x12\n\ninput_size\x18\x06 \x01(\x04\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11requester_node_id\x18\x08 \x01(\t\x12\x14\n\x0cinput_sha256\x18\t \x01(\t\"\x9e\x01\n\nJobDecline\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06reason\x18\x02 \x01(\x0e\x32\x17.plasm.v1.DeclineReason\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x16\n\x0eworker_node_id\x18\x04 \x01(\t\x12/\n\x0b\x64\x65\x63lined_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\tJobAccept\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nhas_module\x18\x04 \x01(\x08\"m\n\x0bJobResponse\x12%\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x13.plasm.v1.JobAcceptH\x00\x12+\n\x07\x64\x65\x63line\x18\x02 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelopeH\x00\x42\n\n\x08response\"\xc0\x01\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\"\n\x07outcome\x18\x02 \x01(\x0e\x32\x11.plasm.v1.Outcome\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x11\n\ttrap_code\x18\x04 \x01(\t\x12\x0e\n\x06stdout\x18\x05 \x01(\x0c\x12\x0e\n\x06stderr\x18\x06 \x01(\x0c\x12)\n\x07receipt\x18\x07 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"v\n\x06JobRun\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0e\n\x06module\x18\x03 \x01(\x0c\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12\x1d\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x10.plasm.v1.EnvVar\x12\r\n\x05stdin\x18\x06 \x01(\x0c\"\x1b\n\tJobCancel\x12\x0e\n\x06job_id\x18\x01 \x01(\t\" \n\x0fJobCancelResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\" \n\x0eJobStatusQuery\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\tJobStatus\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.plasm.v1.WorkerJobState\"\x86\x03\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.plasm.v1.JobEventKind\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12/\n\x0e\x64\x65\x63line_reason\x18\x06 \x01(\x0e\x32\x17.plasm.v1.DeclineReason\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\"\n\x07outcome\x18\x08 \x01(\x0e\x32\x11.plasm.v1.Outcome\x12\x11\n\texit_code\x18\t \x01(\x05\x12\x14\n\x0cmay_have_run\x18\n \x01(\x08\x12\x14\n\x0cmodule_bytes\x18\x0b \x01(\x04\x12+\n\x0c\x65rror_reason\x18\x0c \x01(\x0e\x32\x15.plasm.v1.ErrorReason\x12)\n\x07\x64\x65\x63line\x18\r \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\"\xcd\x01\n\nJobAttempt\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\'\n\x06result\x18\x02 \x01(\x0e\x32\x17.plasm.v1.AttemptResult\x12/\n\x0e\x64\x65\x63line_reason\x18\x03 \x01(\x0e\x32\x17.plasm.v1.DeclineReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x14\n\x0cmay_have_run\x18\x05 \x01(\x08\x12\x19\n\x11module_bytes_sent\x18\x06 \x01(\x04\x12\x13\n\x0b\x64uration_us\x18\x07 \x01(\x04*\xb0\x03\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x45\x43LINE_REASON_BUSY\x10\x01\x12\"\n\x1e\x44\x45\x43LINE_REASON_LIMITS_TOO_HIGH\x10\x02\x12&\n\"DECLINE_REASON_UNSUPPORTED_RUNTIME\x10\x03\x12#\n\x1f\x44\x45\x43LINE_REASON_MODULE_TOO_LARGE\x10\x04\x12\"\n\x1e\x44\x45\x43LINE_REASON_INPUT_TOO_LARGE\x10\x05\x12%\n!DECLINE_REASON_DEADLINE_TOO_SHORT\x10\x06\x12 \n\x1c\x44\x45\x43LINE_REASON_SHUTTING_DOWN\x10\x07\x12 \n\x1c\x44\x45\x43LINE_REASON_DUPLICATE_JOB\x10\x08\x12\"\n\x1e\x44\x45\x43LINE_REASON_REQUESTER_LIMIT\x10\t\x12 \n\x1c\x44\x45\x43LINE_REASON_INVALID_OFFER\x10\n\x12 \n\x1c\x44\x45\x43LINE_REASON_NOT_ACCEPTING\x10\x0b*\xc7\x01\n\x0eWorkerJobState\x12 \n\x1cWORKER_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18WORKER_JOB_STATE_UNKNOWN\x10\x01\x12\x1b\n\x17WORKER_JOB_STATE_LEASED\x10\x02\x12\x1b\n\x17WORKER_JOB_STATE_QUEUED\x10\x03\x12\x1c\n\x18WORKER_JOB_STATE_RUNNING\x10\x04\x12\x1d\n\x19WORKER_JOB_STATE_FINISHED\x10\x05*\xb7\x03\n\x0cJobEventKind\x12\x1e\n\x1aJOB_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18JOB_EVENT_KIND_SUBMITTED\x10\x01\x12\x1c\n\x18JOB_EVENT_KIND_SEARCHING\x10\x02\x12\x1d\n\x19JOB_EVENT_KIND_CANDIDATES\x10\x03\x12\x1a\n\x16JOB_EVENT_KIND_OFFERED\x10\x04\x12\x1b\n\x17JOB_EVENT_KIND_DECLINED\x10\x05\x12\x1b\n\x17JOB_EVENT_KIND_ACCEPTED\x10\x06\x12\x1f\n\x1bJOB_EVENT_KIND_TRANSFERRING\x10\x07\x12\x19\n\x15JOB_EVENT_KIND_QUEUED\x10\x08\x12\x1a\n\x16JOB_EVENT_KIND_RUNNING\x10\t\x12!\n\x1dJOB_EVENT_KIND_ATTEMPT_FAILED\x10\n\x12\x1b\n\x17JOB_EVENT_KIND_FINISHED\x10\x0b\x12\x19\n\x15JOB_EVENT_KIND_FAILED\x10\x0c\x12#\n\x1fJOB_EVENT_KIND_CANCEL_REQUESTED\x10\r*\x9f\x02\n\rAttemptResult\x12\x1e\n\x1a\x41TTEMPT_RESULT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41TTEMPT_RESULT_COMPLETED\x10\x01\x12\x1b\n\x17\x41TTEMPT_RESULT_DECLINED\x10\x02\x12\x1e\n\x1a\x41TTEMPT_RESULT_UNREACHABLE\x10\x03\x12\x1a\n\x16\x41TTEMPT_RESULT_TIMEOUT\x10\x04\x12\x1f\n\x1b\x41TTEMPT_RESULT_DISCONNECTED\x10\x05\x12\x1e\n\x1a\x41TTEMPT_RESULT_BAD_RECEIPT\x10\x06\x12\x18\n\x14\x41TTEMPT_RESULT_ERROR\x10\x07\x12\x1c\n\x18\x41TTEMPT_RESULT_CANCELLED\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'plasm.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECLINEREASON']._serialized_start=1016
-  _globals['_DECLINEREASON']._serialized_end=1310
-  _globals['_JOBOFFER']._serialized_start=165
-  _globals['_JOBOFFER']._serialized_end=425
-  _globals['_JOBDECLINE']._serialized_start=428
-  _globals['_JOBDECLINE']._serialized_end=586
-  _globals['_JOBACCEPT']._serialized_start=588
-  _globals['_JOBACCEPT']._serialized_end=707
-  _globals['_JOBRESPONSE']._serialized_start=709
-  _globals['_JOBRESPONSE']._serialized_end=818
-  _globals['_JOBRESULT']._serialized_start=821
-  _globals['_JOBRESULT']._serialized_end=1013
+  _globals['_DECLINEREASON']._serialized_start=1958
+  _globals['_DECLINEREASON']._serialized_end=2390
+  _globals['_WORKERJOBSTATE']._serialized_start=2393
+  _globals['_WORKERJOBSTATE']._serialized_end=2592
+  _globals['_JOBEVENTKIND']._serialized_start=2595
+  _globals['_JOBEVENTKIND']._serialized_end=3034
+  _globals['_ATTEMPTRESULT']._serialized_start=3037
+  _globals['_ATTEMPTRESULT']._serialized_end=3324
+  _globals['_JOBOFFER']._serialized_start=213
+  _globals['_JOBOFFER']._serialized_end=495
+  _globals['_JOBDECLINE']._serialized_start=498
+  _globals['_JOBDECLINE']._serialized_end=656
+  _globals['_JOBACCEPT']._serialized_start=658
+  _globals['_JOBACCEPT']._serialized_end=777
+  _globals['_JOBRESPONSE']._serialized_start=779
+  _globals['_JOBRESPONSE']._serialized_end=888
+  _globals['_JOBRESULT']._serialized_start=891
+  _globals['_JOBRESULT']._serialized_end=1083
+  _globals['_JOBRUN']._serialized_start=1085
+  _globals['_JOBRUN']._serialized_end=1203
+  _globals['_JOBCANCEL']._serialized_start=1205
+  _globals['_JOBCANCEL']._serialized_end=1232
+  _globals['_JOBCANCELRESULT']._serialized_start=1234
+  _globals['_JOBCANCELRESULT']._serialized_end=1266
+  _globals['_JOBSTATUSQUERY']._serialized_start=1268
+  _globals['_JOBSTATUSQUERY']._serialized_end=1300
+  _globals['_JOBSTATUS']._serialized_start=1302
+  _globals['_JOBSTATUS']._serialized_end=1354
+  _globals['_JOBEVENT']._serialized_start=1357
+  _globals['_JOBEVENT']._serialized_end=1747
+  _globals['_JOBATTEMPT']._serialized_start=1750
+  _globals['_JOBATTEMPT']._serialized_end=1955
 # @@protoc_insertion_point(module_scope)

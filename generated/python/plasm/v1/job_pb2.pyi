@@ -3,13 +3,17 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from plasm.v1 import capability_pb2 as _capability_pb2
 from plasm.v1 import envelope_pb2 as _envelope_pb2
+from plasm.v1 import errors_pb2 as _errors_pb2
 from plasm.v1 import limits_pb2 as _limits_pb2
+from plasm.v1 import manifest_pb2 as _manifest_pb2
 from plasm.v1 import receipt_pb2 as _receipt_pb2
 import builtins as _builtins
 import sys
@@ -36,6 +40,18 @@ class _DeclineReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decline
     DECLINE_REASON_INPUT_TOO_LARGE: _DeclineReason.ValueType  # 5
     DECLINE_REASON_DEADLINE_TOO_SHORT: _DeclineReason.ValueType  # 6
     DECLINE_REASON_SHUTTING_DOWN: _DeclineReason.ValueType  # 7
+    DECLINE_REASON_DUPLICATE_JOB: _DeclineReason.ValueType  # 8
+    """The worker already holds a job with this id."""
+    DECLINE_REASON_REQUESTER_LIMIT: _DeclineReason.ValueType  # 9
+    """This requester already holds its fair share of the worker's slots and
+    queue; other requesters keep theirs.
+    """
+    DECLINE_REASON_INVALID_OFFER: _DeclineReason.ValueType  # 10
+    """The offer is malformed (bad ids, a requester id that is not the
+    connection's, a deadline in the past).
+    """
+    DECLINE_REASON_NOT_ACCEPTING: _DeclineReason.ValueType  # 11
+    """The worker does not take jobs from peers (remote.accept_jobs = false)."""
 
 class DeclineReason(_DeclineReason, metaclass=_DeclineReasonEnumTypeWrapper):
     """Why a worker declined a job offer."""
@@ -48,7 +64,177 @@ DECLINE_REASON_MODULE_TOO_LARGE: DeclineReason.ValueType  # 4
 DECLINE_REASON_INPUT_TOO_LARGE: DeclineReason.ValueType  # 5
 DECLINE_REASON_DEADLINE_TOO_SHORT: DeclineReason.ValueType  # 6
 DECLINE_REASON_SHUTTING_DOWN: DeclineReason.ValueType  # 7
+DECLINE_REASON_DUPLICATE_JOB: DeclineReason.ValueType  # 8
+"""The worker already holds a job with this id."""
+DECLINE_REASON_REQUESTER_LIMIT: DeclineReason.ValueType  # 9
+"""This requester already holds its fair share of the worker's slots and
+queue; other requesters keep theirs.
+"""
+DECLINE_REASON_INVALID_OFFER: DeclineReason.ValueType  # 10
+"""The offer is malformed (bad ids, a requester id that is not the
+connection's, a deadline in the past).
+"""
+DECLINE_REASON_NOT_ACCEPTING: DeclineReason.ValueType  # 11
+"""The worker does not take jobs from peers (remote.accept_jobs = false)."""
 Global___DeclineReason: _TypeAlias = DeclineReason  # noqa: Y015
+
+class _WorkerJobState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WorkerJobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkerJobState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WORKER_JOB_STATE_UNSPECIFIED: _WorkerJobState.ValueType  # 0
+    WORKER_JOB_STATE_UNKNOWN: _WorkerJobState.ValueType  # 1
+    """No such job from this requester (never offered, lease expired, or
+    forgotten after it finished).
+    """
+    WORKER_JOB_STATE_LEASED: _WorkerJobState.ValueType  # 2
+    """Accepted; the worker waits for the JobRun."""
+    WORKER_JOB_STATE_QUEUED: _WorkerJobState.ValueType  # 3
+    """The JobRun arrived; the job waits for a slot."""
+    WORKER_JOB_STATE_RUNNING: _WorkerJobState.ValueType  # 4
+    WORKER_JOB_STATE_FINISHED: _WorkerJobState.ValueType  # 5
+    """The result is on its way."""
+
+class WorkerJobState(_WorkerJobState, metaclass=_WorkerJobStateEnumTypeWrapper):
+    """Where a job is on a worker."""
+
+WORKER_JOB_STATE_UNSPECIFIED: WorkerJobState.ValueType  # 0
+WORKER_JOB_STATE_UNKNOWN: WorkerJobState.ValueType  # 1
+"""No such job from this requester (never offered, lease expired, or
+forgotten after it finished).
+"""
+WORKER_JOB_STATE_LEASED: WorkerJobState.ValueType  # 2
+"""Accepted; the worker waits for the JobRun."""
+WORKER_JOB_STATE_QUEUED: WorkerJobState.ValueType  # 3
+"""The JobRun arrived; the job waits for a slot."""
+WORKER_JOB_STATE_RUNNING: WorkerJobState.ValueType  # 4
+WORKER_JOB_STATE_FINISHED: WorkerJobState.ValueType  # 5
+"""The result is on its way."""
+Global___WorkerJobState: _TypeAlias = WorkerJobState  # noqa: Y015
+
+class _JobEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_EVENT_KIND_UNSPECIFIED: _JobEventKind.ValueType  # 0
+    JOB_EVENT_KIND_SUBMITTED: _JobEventKind.ValueType  # 1
+    """The node accepted the Submit."""
+    JOB_EVENT_KIND_SEARCHING: _JobEventKind.ValueType  # 2
+    """Looking for capable workers through the DHT."""
+    JOB_EVENT_KIND_CANDIDATES: _JobEventKind.ValueType  # 3
+    """Workers to try, best first (detail lists them)."""
+    JOB_EVENT_KIND_OFFERED: _JobEventKind.ValueType  # 4
+    """Offered to node_id."""
+    JOB_EVENT_KIND_DECLINED: _JobEventKind.ValueType  # 5
+    """node_id declined; decline_reason, detail and the signed decline say why."""
+    JOB_EVENT_KIND_ACCEPTED: _JobEventKind.ValueType  # 6
+    """node_id accepted."""
+    JOB_EVENT_KIND_TRANSFERRING: _JobEventKind.ValueType  # 7
+    """Sending the module (module_bytes) and input to node_id."""
+    JOB_EVENT_KIND_QUEUED: _JobEventKind.ValueType  # 8
+    """Waiting for a job slot on node_id."""
+    JOB_EVENT_KIND_RUNNING: _JobEventKind.ValueType  # 9
+    """Running on node_id."""
+    JOB_EVENT_KIND_ATTEMPT_FAILED: _JobEventKind.ValueType  # 10
+    """The attempt on node_id failed (unreachable, timed out, disconnected,
+    a receipt that does not check out, ...); detail says how, and
+    may_have_run whether node_id may have run the job anyway.
+    """
+    JOB_EVENT_KIND_FINISHED: _JobEventKind.ValueType  # 11
+    """Terminal: node_id ran the job and its receipt checked out."""
+    JOB_EVENT_KIND_FAILED: _JobEventKind.ValueType  # 12
+    """Terminal: no result; error_reason and detail say why."""
+    JOB_EVENT_KIND_CANCEL_REQUESTED: _JobEventKind.ValueType  # 13
+    """A client asked to cancel the job."""
+
+class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper):
+    """What happened to a job, as the node that received its Submit saw it."""
+
+JOB_EVENT_KIND_UNSPECIFIED: JobEventKind.ValueType  # 0
+JOB_EVENT_KIND_SUBMITTED: JobEventKind.ValueType  # 1
+"""The node accepted the Submit."""
+JOB_EVENT_KIND_SEARCHING: JobEventKind.ValueType  # 2
+"""Looking for capable workers through the DHT."""
+JOB_EVENT_KIND_CANDIDATES: JobEventKind.ValueType  # 3
+"""Workers to try, best first (detail lists them)."""
+JOB_EVENT_KIND_OFFERED: JobEventKind.ValueType  # 4
+"""Offered to node_id."""
+JOB_EVENT_KIND_DECLINED: JobEventKind.ValueType  # 5
+"""node_id declined; decline_reason, detail and the signed decline say why."""
+JOB_EVENT_KIND_ACCEPTED: JobEventKind.ValueType  # 6
+"""node_id accepted."""
+JOB_EVENT_KIND_TRANSFERRING: JobEventKind.ValueType  # 7
+"""Sending the module (module_bytes) and input to node_id."""
+JOB_EVENT_KIND_QUEUED: JobEventKind.ValueType  # 8
+"""Waiting for a job slot on node_id."""
+JOB_EVENT_KIND_RUNNING: JobEventKind.ValueType  # 9
+"""Running on node_id."""
+JOB_EVENT_KIND_ATTEMPT_FAILED: JobEventKind.ValueType  # 10
+"""The attempt on node_id failed (unreachable, timed out, disconnected,
+a receipt that does not check out, ...); detail says how, and
+may_have_run whether node_id may have run the job anyway.
+"""
+JOB_EVENT_KIND_FINISHED: JobEventKind.ValueType  # 11
+"""Terminal: node_id ran the job and its receipt checked out."""
+JOB_EVENT_KIND_FAILED: JobEventKind.ValueType  # 12
+"""Terminal: no result; error_reason and detail say why."""
+JOB_EVENT_KIND_CANCEL_REQUESTED: JobEventKind.ValueType  # 13
+"""A client asked to cancel the job."""
+Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
+
+class _AttemptResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttemptResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTEMPT_RESULT_UNSPECIFIED: _AttemptResult.ValueType  # 0
+    ATTEMPT_RESULT_COMPLETED: _AttemptResult.ValueType  # 1
+    """The worker ran the job and its receipt checked out."""
+    ATTEMPT_RESULT_DECLINED: _AttemptResult.ValueType  # 2
+    """The worker declined the offer."""
+    ATTEMPT_RESULT_UNREACHABLE: _AttemptResult.ValueType  # 3
+    """No overlay connection to the worker could be made."""
+    ATTEMPT_RESULT_TIMEOUT: _AttemptResult.ValueType  # 4
+    """The worker did not answer in time."""
+    ATTEMPT_RESULT_DISCONNECTED: _AttemptResult.ValueType  # 5
+    """The connection to the worker closed, or it stopped answering."""
+    ATTEMPT_RESULT_BAD_RECEIPT: _AttemptResult.ValueType  # 6
+    """The worker's result or receipt did not check out; it is no longer
+    trusted by this node.
+    """
+    ATTEMPT_RESULT_ERROR: _AttemptResult.ValueType  # 7
+    """The worker refused the job or failed (detail says how)."""
+    ATTEMPT_RESULT_CANCELLED: _AttemptResult.ValueType  # 8
+    """The job was cancelled during this attempt."""
+
+class AttemptResult(_AttemptResult, metaclass=_AttemptResultEnumTypeWrapper):
+    """How one attempt to place a job ended."""
+
+ATTEMPT_RESULT_UNSPECIFIED: AttemptResult.ValueType  # 0
+ATTEMPT_RESULT_COMPLETED: AttemptResult.ValueType  # 1
+"""The worker ran the job and its receipt checked out."""
+ATTEMPT_RESULT_DECLINED: AttemptResult.ValueType  # 2
+"""The worker declined the offer."""
+ATTEMPT_RESULT_UNREACHABLE: AttemptResult.ValueType  # 3
+"""No overlay connection to the worker could be made."""
+ATTEMPT_RESULT_TIMEOUT: AttemptResult.ValueType  # 4
+"""The worker did not answer in time."""
+ATTEMPT_RESULT_DISCONNECTED: AttemptResult.ValueType  # 5
+"""The connection to the worker closed, or it stopped answering."""
+ATTEMPT_RESULT_BAD_RECEIPT: AttemptResult.ValueType  # 6
+"""The worker's result or receipt did not check out; it is no longer
+trusted by this node.
+"""
+ATTEMPT_RESULT_ERROR: AttemptResult.ValueType  # 7
+"""The worker refused the job or failed (detail says how)."""
+ATTEMPT_RESULT_CANCELLED: AttemptResult.ValueType  # 8
+"""The job was cancelled during this attempt."""
+Global___AttemptResult: _TypeAlias = AttemptResult  # noqa: Y015
 
 @_typing.final
 class JobOffer(_message.Message):
@@ -64,6 +250,7 @@ class JobOffer(_message.Message):
     INPUT_SIZE_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     REQUESTER_NODE_ID_FIELD_NUMBER: _builtins.int
+    INPUT_SHA256_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job id chosen by the requester (32 lowercase hex)."""
     module_sha256: _builtins.str
@@ -73,7 +260,14 @@ class JobOffer(_message.Message):
     input_size: _builtins.int
     """Size of stdin + args + env in bytes."""
     requester_node_id: _builtins.str
-    """Requester's node id, 64 lowercase hex."""
+    """Requester's node id, 64 lowercase hex. Must equal the identity the
+    requester proved on the overlay connection the offer arrives on.
+    """
+    input_sha256: _builtins.str
+    """SHA-256 of the canonical input encoding (args, env, stdin; see
+    docs/receipts.md), 64 lowercase hex. The worker checks the JobRun's
+    input against it on arrival.
+    """
     @_builtins.property
     def requirements(self) -> _capability_pb2.PlacementRequirements:
         """What the worker must provide."""
@@ -97,10 +291,11 @@ class JobOffer(_message.Message):
         input_size: _builtins.int = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         requester_node_id: _builtins.str = ...,
+        input_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "limits", b"limits", "requirements", b"requirements"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input_size", b"input_size", "job_id", b"job_id", "limits", b"limits", "module_sha256", b"module_sha256", "module_size", b"module_size", "requester_node_id", b"requester_node_id", "requirements", b"requirements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input_sha256", b"input_sha256", "input_size", b"input_size", "job_id", b"job_id", "limits", b"limits", "module_sha256", b"module_sha256", "module_size", b"module_size", "requester_node_id", b"requester_node_id", "requirements", b"requirements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,3 +449,259 @@ class JobResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
+
+@_typing.final
+class JobRun(_message.Message):
+    """The job itself, sent by the requester after a JobAccept, on the same
+    overlay connection. Method "plasm.v1.Jobs/Run"; the answer is a JobResult.
+    The module hash, limits and input hash are the ones in the accepted
+    JobOffer: the lease binds them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    MODULE_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    lease_id: _builtins.str
+    """From the JobAccept."""
+    module: _builtins.bytes
+    """The module bytes; empty when the JobAccept said has_module."""
+    stdin: _builtins.bytes
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As in the JobManifest; they must hash to the offer's input_sha256."""
+
+    @_builtins.property
+    def env(self) -> _containers.RepeatedCompositeFieldContainer[_manifest_pb2.EnvVar]: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        module: _builtins.bytes = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Iterable[_manifest_pb2.EnvVar] | None = ...,
+        stdin: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "env", b"env", "job_id", b"job_id", "lease_id", b"lease_id", "module", b"module", "stdin", b"stdin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobRun: _TypeAlias = JobRun  # noqa: Y015
+
+@_typing.final
+class JobCancel(_message.Message):
+    """Ask the worker to stop a job it accepted ("plasm.v1.Jobs/Cancel"). The
+    guest ends as OUTCOME_CANCELLED and the pending JobRun is answered with its
+    signed receipt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCancel: _TypeAlias = JobCancel  # noqa: Y015
+
+@_typing.final
+class JobCancelResult(_message.Message):
+    """The answer to a JobCancel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOUND_FIELD_NUMBER: _builtins.int
+    found: _builtins.bool
+    """False when the worker holds no unfinished job with that id from this
+    requester.
+    """
+    def __init__(
+        self,
+        *,
+        found: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCancelResult: _TypeAlias = JobCancelResult  # noqa: Y015
+
+@_typing.final
+class JobStatusQuery(_message.Message):
+    """Ask the worker where a job is ("plasm.v1.Jobs/Status"). Requesters poll
+    this while a JobRun is in flight: it reports progress, and a worker that
+    stops answering is presumed gone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobStatusQuery: _TypeAlias = JobStatusQuery  # noqa: Y015
+
+@_typing.final
+class JobStatus(_message.Message):
+    """The answer to a JobStatusQuery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    state: Global___WorkerJobState.ValueType
+    def __init__(
+        self,
+        *,
+        state: Global___WorkerJobState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
+class JobEvent(_message.Message):
+    """One event in a job's life."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    DECLINE_REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    MAY_HAVE_RUN_FIELD_NUMBER: _builtins.int
+    MODULE_BYTES_FIELD_NUMBER: _builtins.int
+    ERROR_REASON_FIELD_NUMBER: _builtins.int
+    DECLINE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    kind: Global___JobEventKind.ValueType
+    attempt: _builtins.int
+    """The attempt this event belongs to, from 1; 0 before the first offer."""
+    node_id: _builtins.str
+    """The node concerned: the worker offered to, declining, running the job."""
+    decline_reason: Global___DeclineReason.ValueType
+    """DECLINED: the worker's reason."""
+    detail: _builtins.str
+    """Human-readable detail."""
+    outcome: _receipt_pb2.Outcome.ValueType
+    """FINISHED: how the job ended."""
+    exit_code: _builtins.int
+    """FINISHED: the exit code."""
+    may_have_run: _builtins.bool
+    """ATTEMPT_FAILED: true when the job had been sent to node_id, so it may
+    have run there too.
+    """
+    module_bytes: _builtins.int
+    """TRANSFERRING: module bytes being sent (0 when the worker holds it)."""
+    error_reason: _errors_pb2.ErrorReason.ValueType
+    """FAILED: why."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def decline(self) -> _envelope_pb2.SignedEnvelope:
+        """DECLINED: the worker's signed JobDecline (domain "plasm/decline/v1")."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        kind: Global___JobEventKind.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        attempt: _builtins.int = ...,
+        node_id: _builtins.str = ...,
+        decline_reason: Global___DeclineReason.ValueType = ...,
+        detail: _builtins.str = ...,
+        outcome: _receipt_pb2.Outcome.ValueType = ...,
+        exit_code: _builtins.int = ...,
+        may_have_run: _builtins.bool = ...,
+        module_bytes: _builtins.int = ...,
+        error_reason: _errors_pb2.ErrorReason.ValueType = ...,
+        decline: _envelope_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "decline", b"decline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "decline", b"decline", "decline_reason", b"decline_reason", "detail", b"detail", "error_reason", b"error_reason", "exit_code", b"exit_code", "job_id", b"job_id", "kind", b"kind", "may_have_run", b"may_have_run", "module_bytes", b"module_bytes", "node_id", b"node_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
+
+@_typing.final
+class JobAttempt(_message.Message):
+    """One attempt to place a job on a worker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    DECLINE_REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    MAY_HAVE_RUN_FIELD_NUMBER: _builtins.int
+    MODULE_BYTES_SENT_FIELD_NUMBER: _builtins.int
+    DURATION_US_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The worker (64 lowercase hex); this node's own id for a local run."""
+    result: Global___AttemptResult.ValueType
+    decline_reason: Global___DeclineReason.ValueType
+    """DECLINED: the worker's reason."""
+    detail: _builtins.str
+    may_have_run: _builtins.bool
+    """True when the job had been sent to the worker, so it may have run there
+    even though this attempt did not produce the result.
+    """
+    module_bytes_sent: _builtins.int
+    """Module bytes sent to the worker (0 when it held the module)."""
+    duration_us: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        result: Global___AttemptResult.ValueType = ...,
+        decline_reason: Global___DeclineReason.ValueType = ...,
+        detail: _builtins.str = ...,
+        may_have_run: _builtins.bool = ...,
+        module_bytes_sent: _builtins.int = ...,
+        duration_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decline_reason", b"decline_reason", "detail", b"detail", "duration_us", b"duration_us", "may_have_run", b"may_have_run", "module_bytes_sent", b"module_bytes_sent", "node_id", b"node_id", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobAttempt: _TypeAlias = JobAttempt  # noqa: Y015

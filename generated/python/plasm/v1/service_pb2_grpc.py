@@ -75,6 +75,16 @@ class PlasmServiceStub:
                 request_serializer=plasm_dot_v1_dot_service__pb2.FindPeerRequest.SerializeToString,
                 response_deserializer=plasm_dot_v1_dot_service__pb2.FindPeerResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/plasm.v1.PlasmService/Watch',
+                request_serializer=plasm_dot_v1_dot_service__pb2.WatchRequest.SerializeToString,
+                response_deserializer=plasm_dot_v1_dot_service__pb2.WatchResponse.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/plasm.v1.PlasmService/Cancel',
+                request_serializer=plasm_dot_v1_dot_service__pb2.CancelRequest.SerializeToString,
+                response_deserializer=plasm_dot_v1_dot_service__pb2.CancelResponse.FromString,
+                _registered_method=True)
 
 
 class PlasmServiceServicer:
@@ -139,6 +149,24 @@ class PlasmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """A job's events (submitted, offered to X, declined by Y because Z,
+        accepted, running, finished or failed), from its start, then live until
+        it ends. Waits briefly for a job id not submitted yet, so a client can
+        start watching before its Submit arrives.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Cancel a job submitted to this node: the guest is stopped wherever it
+        runs, and the Submit is answered with a receipt saying CANCELLED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlasmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +209,16 @@ def add_PlasmServiceServicer_to_server(servicer, server):
                     servicer.FindPeer,
                     request_deserializer=plasm_dot_v1_dot_service__pb2.FindPeerRequest.FromString,
                     response_serializer=plasm_dot_v1_dot_service__pb2.FindPeerResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=plasm_dot_v1_dot_service__pb2.WatchRequest.FromString,
+                    response_serializer=plasm_dot_v1_dot_service__pb2.WatchResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=plasm_dot_v1_dot_service__pb2.CancelRequest.FromString,
+                    response_serializer=plasm_dot_v1_dot_service__pb2.CancelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +438,60 @@ class PlasmService:
             '/plasm.v1.PlasmService/FindPeer',
             plasm_dot_v1_dot_service__pb2.FindPeerRequest.SerializeToString,
             plasm_dot_v1_dot_service__pb2.FindPeerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/plasm.v1.PlasmService/Watch',
+            plasm_dot_v1_dot_service__pb2.WatchRequest.SerializeToString,
+            plasm_dot_v1_dot_service__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plasm.v1.PlasmService/Cancel',
+            plasm_dot_v1_dot_service__pb2.CancelRequest.SerializeToString,
+            plasm_dot_v1_dot_service__pb2.CancelResponse.FromString,
             options,
             channel_credentials,
             insecure,

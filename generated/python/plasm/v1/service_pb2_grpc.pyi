@@ -53,6 +53,16 @@ class PlasmServiceStub:
     """
     FindPeer: _grpc.UnaryUnaryMultiCallable[_service_pb2.FindPeerRequest, _service_pb2.FindPeerResponse]
     """Look up one node by id through the DHT and return its signed peer record."""
+    Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.WatchResponse]
+    """A job's events (submitted, offered to X, declined by Y because Z,
+    accepted, running, finished or failed), from its start, then live until
+    it ends. Waits briefly for a job id not submitted yet, so a client can
+    start watching before its Submit arrives.
+    """
+    Cancel: _grpc.UnaryUnaryMultiCallable[_service_pb2.CancelRequest, _service_pb2.CancelResponse]
+    """Cancel a job submitted to this node: the guest is stopped wherever it
+    runs, and the Submit is answered with a receipt saying CANCELLED.
+    """
 
 @_typing.type_check_only
 class PlasmServiceAsyncStub(PlasmServiceStub):
@@ -79,6 +89,16 @@ class PlasmServiceAsyncStub(PlasmServiceStub):
     """
     FindPeer: _aio.UnaryUnaryMultiCallable[_service_pb2.FindPeerRequest, _service_pb2.FindPeerResponse]  # type: ignore[assignment]
     """Look up one node by id through the DHT and return its signed peer record."""
+    Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.WatchResponse]  # type: ignore[assignment]
+    """A job's events (submitted, offered to X, declined by Y because Z,
+    accepted, running, finished or failed), from its start, then live until
+    it ends. Waits briefly for a job id not submitted yet, so a client can
+    start watching before its Submit arrives.
+    """
+    Cancel: _aio.UnaryUnaryMultiCallable[_service_pb2.CancelRequest, _service_pb2.CancelResponse]  # type: ignore[assignment]
+    """Cancel a job submitted to this node: the guest is stopped wherever it
+    runs, and the Submit is answered with a receipt saying CANCELLED.
+    """
 
 class PlasmServiceServicer(metaclass=_abc_1.ABCMeta):
     """The API a node offers to local clients."""
@@ -150,5 +170,27 @@ class PlasmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.FindPeerResponse, _abc.Awaitable[_service_pb2.FindPeerResponse]]:
         """Look up one node by id through the DHT and return its signed peer record."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _service_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.WatchResponse], _abc.AsyncIterator[_service_pb2.WatchResponse]]:
+        """A job's events (submitted, offered to X, declined by Y because Z,
+        accepted, running, finished or failed), from its start, then live until
+        it ends. Waits briefly for a job id not submitted yet, so a client can
+        start watching before its Submit arrives.
+        """
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _service_pb2.CancelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.CancelResponse, _abc.Awaitable[_service_pb2.CancelResponse]]:
+        """Cancel a job submitted to this node: the guest is stopped wherever it
+        runs, and the Submit is answered with a receipt saying CANCELLED.
+        """
 
 def add_PlasmServiceServicer_to_server(servicer: PlasmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
