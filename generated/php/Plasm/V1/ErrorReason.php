@@ -122,6 +122,13 @@ class ErrorReason
      * Generated from protobuf enum <code>ERROR_REASON_JOB_NOT_FOUND = 17;</code>
      */
     const ERROR_REASON_JOB_NOT_FOUND = 17;
+    /**
+     * The job was cancelled before any node ran it (a job cancelled while
+     * running ends with a receipt saying OUTCOME_CANCELLED instead).
+     *
+     * Generated from protobuf enum <code>ERROR_REASON_CANCELLED = 18;</code>
+     */
+    const ERROR_REASON_CANCELLED = 18;
 
     private static $valueToName = [
         self::ERROR_REASON_UNSPECIFIED => 'ERROR_REASON_UNSPECIFIED',
@@ -142,6 +149,7 @@ class ErrorReason
         self::ERROR_REASON_PEER_NOT_FOUND => 'ERROR_REASON_PEER_NOT_FOUND',
         self::ERROR_REASON_NO_WORKER => 'ERROR_REASON_NO_WORKER',
         self::ERROR_REASON_JOB_NOT_FOUND => 'ERROR_REASON_JOB_NOT_FOUND',
+        self::ERROR_REASON_CANCELLED => 'ERROR_REASON_CANCELLED',
     ];
 
     public static function name($value)

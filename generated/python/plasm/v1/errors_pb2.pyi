@@ -59,6 +59,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_JOB_NOT_FOUND: _ErrorReason.ValueType  # 17
     """No job with that id on this node."""
+    ERROR_REASON_CANCELLED: _ErrorReason.ValueType  # 18
+    """The job was cancelled before any node ran it (a job cancelled while
+    running ends with a receipt saying OUTCOME_CANCELLED instead).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reason for a failed RPC. A failed call carries the gRPC
@@ -103,4 +107,8 @@ message lists every worker tried and why.
 """
 ERROR_REASON_JOB_NOT_FOUND: ErrorReason.ValueType  # 17
 """No job with that id on this node."""
+ERROR_REASON_CANCELLED: ErrorReason.ValueType  # 18
+"""The job was cancelled before any node ran it (a job cancelled while
+running ends with a receipt saying OUTCOME_CANCELLED instead).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
