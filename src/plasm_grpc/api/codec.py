@@ -11,12 +11,15 @@ from google.protobuf.message import DecodeError as ProtoDecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from plasm.v1 import (
     envelope_pb2,
+    errors_pb2,
+    job_pb2,
     manifest_pb2,
     receipt_pb2,
 )
 
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.errors import PlasmError
+from plasm_grpc.core.jobs.events import DeclineReason, EventKind, JobEvent
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.core.receipt import Receipt, RuntimeInfo
 from plasm_grpc.wire import (
@@ -38,6 +41,7 @@ __all__ = [  # the conversions shared with net come from plasm_grpc.wire
     "envelope_from_bytes",
     "envelope_from_pb",
     "envelope_to_pb",
+    "job_event_to_pb",
     "limits_from_pb",
     "limits_to_pb",
     "receipt_from_pb",
@@ -45,6 +49,23 @@ __all__ = [  # the conversions shared with net come from plasm_grpc.wire
 ]
 
 REASON_KEY: Final = "plasm-error-reason"
+
+
+def _check_enum_mirrors(
+    core: type[EventKind] | type[DeclineReason], values: dict[str, int], prefix: str
+) -> None:
+    """The core enum and the proto enum name the same values, both ways."""
+    expected = {f"{prefix}{member.name}": int(member) for member in core}
+    actual = {name: value for name, value in values.items() if not name.endswith("_UNSPECIFIED")}
+    if expected != actual:
+        raise RuntimeError(
+            f"{core.__name__} does not mirror the proto enum: "
+            f"{sorted(set(expected.items()) ^ set(actual.items()))}"
+        )
+
+
+_check_enum_mirrors(EventKind, dict(job_pb2.JobEventKind.items()), "JOB_EVENT_KIND_")
+_check_enum_mirrors(DeclineReason, dict(job_pb2.DeclineReason.items()), "DECLINE_REASON_")
 
 
 class DecodeError(PlasmError):
@@ -149,3 +170,27 @@ def receipt_from_pb(body: receipt_pb2.ReceiptBody) -> Receipt:
 
 def env_pairs(manifest: manifest_pb2.JobManifest) -> tuple[tuple[str, str], ...]:
     return tuple((e.name, e.value) for e in manifest.env)
+
+
+def job_event_to_pb(event: JobEvent) -> job_pb2.JobEvent:
+    """Raises ValueError when `event.error_reason` names no plasm.v1.ErrorReason."""
+    msg = job_pb2.JobEvent(
+        job_id=event.job_id,
+        kind=job_pb2.JobEventKind.ValueType(int(event.kind)),
+        at=_timestamp(event.at_ns),
+        attempt=event.attempt,
+        node_id=event.node_id,
+        detail=event.detail,
+        exit_code=event.exit_code,
+        may_have_run=event.may_have_run,
+        module_bytes=event.module_bytes,
+    )
+    if event.decline_reason is not None:
+        msg.decline_reason = job_pb2.DeclineReason.ValueType(int(event.decline_reason))
+    if event.outcome is not None:
+        msg.outcome = receipt_pb2.Outcome.ValueType(int(event.outcome))
+    if event.error_reason:
+        msg.error_reason = errors_pb2.ErrorReason.Value(f"ERROR_REASON_{event.error_reason}")
+    if event.decline is not None:
+        msg.decline.CopyFrom(envelope_to_pb(event.decline))
+    return msg

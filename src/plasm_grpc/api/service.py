@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Protocol
 
@@ -38,6 +38,12 @@ from plasm_grpc.core.dht.records import (
 from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.errors import InvalidIdError
 from plasm_grpc.core.ids import check_hex64, check_job_id
+from plasm_grpc.jobs.events import (
+    JobEventBus,
+    JobNotFoundError,
+    SlowWatcherError,
+    WatchEndedError,
+)
 from plasm_grpc.jobs.executor import AdmissionError, JobExecutor, JobRequest
 from plasm_grpc.logs import EventLog
 from plasm_grpc.store.receipts import InvalidPageTokenError
@@ -51,6 +57,9 @@ DEFAULT_WORKERS: Final = 20
 MAX_WORKERS: Final = 100
 DEFAULT_LOOKUP_TIMEOUT_S: Final = 10.0
 MAX_LOOKUP_TIMEOUT_S: Final = 60.0
+# How long Watch waits for a job id that has no event yet (a client may start
+# watching just before its Submit arrives).
+WATCH_WAIT_S: Final = 10.0
 
 _STATUS: Final[dict[str, grpc.StatusCode]] = {
     "INVALID_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
@@ -68,6 +77,8 @@ _STATUS: Final[dict[str, grpc.StatusCode]] = {
     "DHT_UNAVAILABLE": grpc.StatusCode.FAILED_PRECONDITION,
     "LOOKUP_TIMEOUT": grpc.StatusCode.DEADLINE_EXCEEDED,
     "PEER_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "NO_WORKER": grpc.StatusCode.UNAVAILABLE,
+    "JOB_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
 }
 # Every reason above must be a plasm.v1.ErrorReason value (checked at import).
 for _reason in _STATUS:
@@ -144,6 +155,12 @@ class NodeFacts:
     peers: Callable[[], Sequence[PeerView]] = _no_peers
     # The DHT, when the overlay runs.
     dht: DhtView | None = None
+    # Every job's events, for Watch; None: this node publishes none.
+    events: JobEventBus | None = None
+    # Cancel a job submitted to this node: True when it is being cancelled,
+    # False when it had already ended, None for an unknown job id. Whoever
+    # owns the job publishes its CANCEL_REQUESTED event; Cancel does not.
+    cancel_job: Callable[[str], bool | None] | None = None
 
 
 class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
@@ -436,6 +453,57 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
         return service_pb2.ListReceiptsResponse(
             receipts=[_stored(r.envelope) for r in rows], next_page_token=token
         )
+
+    # -- Job events and cancel ----------------------------------------------------
+
+    async def Watch(  # noqa: N802
+        self, request: service_pb2.WatchRequest, context: Ctx
+    ) -> AsyncIterator[service_pb2.WatchResponse]:
+        try:
+            job_id = check_job_id(request.job_id)
+        except InvalidIdError as err:
+            await _abort(context, "INVALID_REQUEST", str(err))
+        events = self.facts.events
+        if events is None:
+            await _abort(context, "JOB_NOT_FOUND", f"no job {job_id} on this node")
+        # Within the call's deadline, less a margin to answer NOT_FOUND.
+        remaining = context.time_remaining()
+        wait_s = WATCH_WAIT_S if remaining is None else min(WATCH_WAIT_S, remaining - 0.1)
+        try:
+            # aclosing: a client that goes away cancels this handler, and the
+            # subscription ends with it.
+            async with contextlib.aclosing(events.watch(job_id, wait_s=wait_s)) as stream:
+                async for event in stream:
+                    yield service_pb2.WatchResponse(event=codec.job_event_to_pb(event))
+        except JobNotFoundError:
+            await _abort(
+                context, "JOB_NOT_FOUND", f"no job {job_id} on this node (waited {wait_s:.1f} s)"
+            )
+        except SlowWatcherError as err:
+            await _abort(context, "BUSY", f"{err}; watch again to get the history")
+        except WatchEndedError as err:
+            await _abort(context, "INTERNAL", str(err))
+
+    async def Cancel(  # noqa: N802
+        self, request: service_pb2.CancelRequest, context: Ctx
+    ) -> service_pb2.CancelResponse:
+        try:
+            job_id = check_job_id(request.job_id)
+        except InvalidIdError as err:
+            await _abort(context, "INVALID_REQUEST", str(err))
+        cancelled: bool | None = None
+        if self.facts.cancel_job is not None:
+            try:
+                cancelled = self.facts.cancel_job(job_id)
+            except Exception as err:  # noqa: BLE001 - becomes INTERNAL with a reason, and is logged
+                self.log.error("cancel_failed", job_id=job_id, error=repr(err))
+                await _abort(context, "INTERNAL", f"the node failed to cancel job {job_id}: {err}")
+        if cancelled is None and self.facts.events is not None and self.facts.events.ended(job_id):
+            cancelled = False  # a job the canceller has forgotten, whose end is still known
+        if cancelled is None:
+            await _abort(context, "JOB_NOT_FOUND", f"no job {job_id} on this node")
+        self.log.event("job_cancel", job_id=job_id, cancelled=cancelled)
+        return service_pb2.CancelResponse(cancelled=cancelled)
 
 
 def _stored(envelope_bytes: bytes) -> service_pb2.StoredReceipt:

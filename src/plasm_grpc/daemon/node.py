@@ -40,6 +40,7 @@ from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.daemon.config import Config, parse_bootstrap, parse_host_port
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
+from plasm_grpc.jobs.events import JobEventBus
 from plasm_grpc.jobs.executor import InputLimits, JobExecutor
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net import (
@@ -193,6 +194,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
                     overlay_address=host_port(overlay.host, overlay.port) if overlay else "",
                     peers=(lambda: _peer_views(overlay)) if overlay else (lambda: ()),
                     dht=_DhtView(dht) if dht else None,
+                    events=JobEventBus(),
                 ),
                 log,
             )
