@@ -259,13 +259,15 @@ def test_bad_args_or_env(
 # -- placement --------------------------------------------------------------------------------
 
 
-def test_placement_peer_elsewhere_is_unavailable(node: Daemon, wasm: WasmModules) -> None:
+def test_placement_on_an_unknown_peer_says_why(node: Daemon, wasm: WasmModules) -> None:
     other = hashlib.sha256(b"another node").hexdigest()
     placement = capability_pb2.PlacementRequirements(
         mode=capability_pb2.PLACEMENT_MODE_PEER, peer_node_id=other
     )
-    code, reason, _ = refused(node, make_request(wasm.bytes("hello"), placement=placement))
-    assert (code, reason) == (SC.FAILED_PRECONDITION, "ERROR_REASON_PLACEMENT_UNAVAILABLE")
+    code, reason, message = refused(node, make_request(wasm.bytes("hello"), placement=placement))
+    assert (code, reason) == (SC.UNAVAILABLE, "ERROR_REASON_NO_WORKER")
+    assert other in message
+    assert "not found" in message
     assert_serves(node, wasm)
 
 

@@ -10,6 +10,7 @@ from typing import Final
 from google.protobuf.message import DecodeError as ProtoDecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from plasm.v1 import (
+    capability_pb2,
     envelope_pb2,
     errors_pb2,
     job_pb2,
@@ -20,6 +21,8 @@ from plasm.v1 import (
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.errors import PlasmError
 from plasm_grpc.core.jobs.events import DeclineReason, EventKind, JobEvent
+from plasm_grpc.core.jobs.placement import Placement, PlacementMode
+from plasm_grpc.core.jobs.session import Attempt
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.core.receipt import Receipt, RuntimeInfo
 from plasm_grpc.wire import (
@@ -194,3 +197,27 @@ def job_event_to_pb(event: JobEvent) -> job_pb2.JobEvent:
     if event.decline is not None:
         msg.decline.CopyFrom(envelope_to_pb(event.decline))
     return msg
+
+
+def placement_from_pb(msg: capability_pb2.PlacementRequirements) -> Placement:
+    """UNSPECIFIED is AUTO (the default); raises ValueError for a bad combination."""
+    mode = PlacementMode.AUTO if msg.mode == 0 else PlacementMode(msg.mode)
+    return Placement(
+        mode=mode,
+        peer_node_id=msg.peer_node_id,
+        arch=msg.arch,
+        wasi_version=msg.wasi_version,
+        min_memory_bytes=msg.min_memory_bytes,
+    )
+
+
+def attempt_to_pb(attempt: Attempt) -> job_pb2.JobAttempt:
+    return job_pb2.JobAttempt(
+        node_id=attempt.node_id,
+        result=job_pb2.AttemptResult.ValueType(int(attempt.result or 0)),
+        decline_reason=job_pb2.DeclineReason.ValueType(int(attempt.decline_reason or 0)),
+        detail=attempt.detail,
+        may_have_run=attempt.may_have_run,
+        module_bytes_sent=attempt.module_bytes_sent,
+        duration_us=int(attempt.duration_s * 1_000_000),
+    )

@@ -7,7 +7,7 @@ metadata key ``plasm-error-reason``, a `plasm.v1.ErrorReason` value name.
 from __future__ import annotations
 
 import contextlib
-import platform
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Protocol
@@ -15,10 +15,7 @@ from typing import Any, Final, NoReturn, Protocol
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from plasm.v1 import (
-    capability_pb2,
     errors_pb2,
-    job_pb2,
-    receipt_pb2,
     service_pb2,
     service_pb2_grpc,
 )
@@ -26,6 +23,7 @@ from plasm.v1 import (
 from plasm_grpc import __version__
 from plasm_grpc.api import codec
 from plasm_grpc.api.facts import local_capabilities
+from plasm_grpc.api.routing import JobRouter, PlacementError
 from plasm_grpc.api.verify import ReceiptInput, verify_receipt
 from plasm_grpc.core.address import host_port
 from plasm_grpc.core.dht.records import (
@@ -37,14 +35,14 @@ from plasm_grpc.core.dht.records import (
 )
 from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.errors import InvalidIdError
-from plasm_grpc.core.ids import check_hex64, check_job_id
+from plasm_grpc.core.ids import check_hex64, check_job_id, new_job_id
 from plasm_grpc.jobs.events import (
     JobEventBus,
     JobNotFoundError,
     SlowWatcherError,
     WatchEndedError,
 )
-from plasm_grpc.jobs.executor import AdmissionError, JobExecutor, JobRequest
+from plasm_grpc.jobs.executor import JobExecutor, JobRequest
 from plasm_grpc.logs import EventLog
 from plasm_grpc.store.receipts import InvalidPageTokenError
 
@@ -79,6 +77,7 @@ _STATUS: Final[dict[str, grpc.StatusCode]] = {
     "PEER_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "NO_WORKER": grpc.StatusCode.UNAVAILABLE,
     "JOB_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "CANCELLED": grpc.StatusCode.CANCELLED,
 }
 # Every reason above must be a plasm.v1.ErrorReason value (checked at import).
 for _reason in _STATUS:
@@ -161,6 +160,10 @@ class NodeFacts:
     # False when it had already ended, None for an unknown job id. Whoever
     # owns the job publishes its CANCEL_REQUESTED event; Cancel does not.
     cancel_job: Callable[[str], bool | None] | None = None
+    # Places submitted jobs (here, on a named peer, or found through the DHT).
+    router: JobRouter | None = None
+    # How long a Submit without a gRPC deadline may take, placement included.
+    default_job_timeout_s: float = 600.0
 
 
 class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
@@ -175,15 +178,21 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
         self, request: service_pb2.SubmitRequest, context: Ctx
     ) -> service_pb2.SubmitResponse:
         manifest = request.manifest
-        await self._check_placement(manifest.placement, context)
-        if manifest.module_sha256:
-            try:
-                check_hex64(manifest.module_sha256, "manifest.module_sha256")
-            except InvalidIdError as err:
-                await _abort(context, "INVALID_REQUEST", str(err))
+        router = self.facts.router
+        if router is None:
+            await _abort(context, "INTERNAL", "this node has no job router")
         try:
+            placement = codec.placement_from_pb(manifest.placement)
+            if manifest.module_sha256:
+                check_hex64(manifest.module_sha256, "manifest.module_sha256")
+            job_id = check_job_id(request.job_id) if request.job_id else new_job_id(os.urandom(16))
             limits = codec.limits_from_pb(manifest.limits)
-            done = await self.executor.submit(
+        except (InvalidIdError, ValueError) as err:
+            await _abort(context, "INVALID_REQUEST", str(err))
+        remaining = context.time_remaining()
+        timeout = self.facts.default_job_timeout_s if remaining is None else remaining - 0.05
+        try:
+            routed = await router.submit(
                 JobRequest(
                     module_sha256=manifest.module_sha256,
                     module=request.module,
@@ -191,64 +200,22 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
                     env=codec.env_pairs(manifest),
                     stdin=manifest.stdin,
                     limits=limits,
-                )
+                ),
+                job_id=job_id,
+                placement=placement,
+                timeout_s=max(0.0, timeout),
             )
-        except AdmissionError as err:
-            self.log.event("job_refused", reason=err.reason, detail=str(err))
-            await _abort(context, err.reason, str(err))
+        except PlacementError as err:
+            self.log.event("job_refused", job_id=job_id, reason=err.reason, detail=err.message)
+            await _abort(context, err.reason, err.message)
         except Exception as err:  # noqa: BLE001 - becomes INTERNAL with a reason, and is logged
-            self.log.error("job_failed", error=repr(err))
+            self.log.error("job_failed", job_id=job_id, error=repr(err))
             await _abort(context, "INTERNAL", f"the node failed to run the job: {err}")
-        ex = done.execution
         return service_pb2.SubmitResponse(
-            result=job_pb2.JobResult(
-                job_id=done.job_id,
-                outcome=receipt_pb2.Outcome.ValueType(int(ex.outcome)),
-                exit_code=ex.exit_code,
-                trap_code=ex.trap_code,
-                stdout=ex.stdout,
-                stderr=ex.stderr,
-                receipt=codec.envelope_to_pb(done.envelope),
-                detail=ex.detail,
-            )
+            result=routed.result,
+            attempts=[codec.attempt_to_pb(a) for a in routed.attempts],
+            executor_node_id=routed.executor_node_id,
         )
-
-    async def _check_placement(
-        self, placement: capability_pb2.PlacementRequirements, context: Ctx
-    ) -> None:
-        mode = placement.mode
-        if mode == capability_pb2.PLACEMENT_MODE_PEER and placement.peer_node_id not in (
-            "",
-            self.executor.key.node_id,
-        ):
-            await _abort(
-                context,
-                "PLACEMENT_UNAVAILABLE",
-                f"peer {placement.peer_node_id[:16]}… is not reachable: this node has no "
-                "overlay connections yet; submit with local placement",
-            )
-        runtime = self.executor.sandbox.engine.runtime
-        if placement.arch and placement.arch != platform.machine():
-            await _abort(
-                context,
-                "PLACEMENT_UNAVAILABLE",
-                f"job requires arch {placement.arch!r}; this node is {platform.machine()!r}",
-            )
-        if placement.wasi_version and placement.wasi_version != runtime.wasi_version:
-            await _abort(
-                context,
-                "PLACEMENT_UNAVAILABLE",
-                f"job requires WASI {placement.wasi_version!r}; this node runs "
-                f"{runtime.wasi_version!r}",
-            )
-        max_mem = self.executor.max_limits.max_memory_bytes
-        if placement.min_memory_bytes > max_mem:
-            await _abort(
-                context,
-                "PLACEMENT_UNAVAILABLE",
-                f"job requires {placement.min_memory_bytes} bytes of memory; this node "
-                f"offers at most {max_mem}",
-            )
 
     # -- Verify ------------------------------------------------------------
 

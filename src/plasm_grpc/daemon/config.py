@@ -117,6 +117,36 @@ class DhtConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteConfig:
+    # Run jobs that peers offer over the overlay (this node as a worker).
+    accept_jobs: bool = True
+    # Automatic placement: run a job here when no peer takes it.
+    fallback_local: bool = True
+    # Most workers one job is offered to before it fails.
+    max_attempts: int = 5
+    # Seconds a worker has to answer an offer (dialling included).
+    offer_timeout_s: float = 2.0
+    # Seconds a worker lookup through the DHT may take.
+    search_timeout_s: float = 5.0
+    # How long a Submit without a gRPC deadline may take, placement included.
+    default_deadline_s: float = 600.0
+    # While a job runs on a peer its status is checked this often; after
+    # `heartbeat_misses` checks without an answer in a row the peer is
+    # presumed gone and the job fails over.
+    heartbeat_interval_s: float = 0.5
+    heartbeat_misses: int = 3
+    # Seconds a worker keeps a job place for an accepted offer whose job has
+    # not arrived.
+    lease_s: float = 10.0
+    # Fairness: the share of this node's slots and queue one requester may hold.
+    max_share_per_requester: float = 0.5
+    # Seconds the workers found for a kind of job are reused before a new lookup.
+    worker_cache_s: float = 30.0
+    # Seconds a worker whose result or receipt did not check out is not used.
+    distrust_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoreConfig:
     # "normal": a receipt is committed before it is acknowledged and survives a
     # crash or kill -9 of plasmd; "full": also fsync'd, so it survives power loss.
@@ -138,6 +168,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     overlay: OverlayConfig = OverlayConfig()
     dht: DhtConfig = DhtConfig()
+    remote: RemoteConfig = RemoteConfig()
     log: LogConfig = LogConfig()
 
     def effective_slots(self) -> int:
@@ -245,6 +276,7 @@ def validate(config: Config) -> Config:
         config.overlay.max_connections_per_ip, "overlay.max_connections_per_ip", 1, 100_000
     )
     _check_dht(config.dht)
+    _check_remote(config.remote)
     # Ranges: the wire types (uint32 timeout_ms), wasm32 (4 GiB memory), and
     # what the runtime can reserve, so a bad value is a message, not a crash.
     _check_range(config.limits.max.max_memory_bytes, "limits.max.max_memory_bytes", 65536, 4 * GIB)
@@ -268,6 +300,19 @@ def validate(config: Config) -> Config:
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+
+
+def _check_remote(remote: RemoteConfig) -> None:
+    _check_range(remote.max_attempts, "remote.max_attempts", 1, 100)
+    _check_range(remote.offer_timeout_s, "remote.offer_timeout_s", 0.05, 120)
+    _check_range(remote.search_timeout_s, "remote.search_timeout_s", 0.05, 120)
+    _check_range(remote.default_deadline_s, "remote.default_deadline_s", 1, 7 * 24 * 3600)
+    _check_range(remote.heartbeat_interval_s, "remote.heartbeat_interval_s", 0.05, 60)
+    _check_range(remote.heartbeat_misses, "remote.heartbeat_misses", 1, 100)
+    _check_range(remote.lease_s, "remote.lease_s", 0.5, 3600)
+    _check_range(remote.max_share_per_requester, "remote.max_share_per_requester", 0.01, 1)
+    _check_range(remote.worker_cache_s, "remote.worker_cache_s", 0, 3600)
+    _check_range(remote.distrust_s, "remote.distrust_s", 0, 30 * 24 * 3600)
 
 
 def _check_dht(dht: DhtConfig) -> None:

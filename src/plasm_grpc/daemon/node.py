@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import platform
 import signal
 import socket
 import stat
@@ -37,6 +38,8 @@ from plasm_grpc.core.dht.records import (
     WorkerRequirements,
 )
 from plasm_grpc.core.dht.routing import Contact
+from plasm_grpc.core.jobs.admission import WorkerPolicy
+from plasm_grpc.core.jobs.session import SessionSettings
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.daemon.config import Config, parse_bootstrap, parse_host_port
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
@@ -50,6 +53,8 @@ from plasm_grpc.net import (
     OverlayEndpoint,
     OverlaySettings,
 )
+from plasm_grpc.remote.router import JobRouter, RouterSettings
+from plasm_grpc.remote.worker import JobWorker
 from plasm_grpc.sandbox.cache import CacheSettings, ModuleCache
 from plasm_grpc.sandbox.engine import EngineError, EngineSettings, SandboxEngine
 from plasm_grpc.sandbox.runner import Sandbox
@@ -77,6 +82,8 @@ class Node:
     overlay: OverlayEndpoint | None
     bootstrap_tasks: list[asyncio.Task[None]]
     dht: DhtService | None = None
+    router: JobRouter | None = None
+    worker: JobWorker | None = None
 
     async def stop(self) -> None:
         """Drain: refuse new jobs, finish admitted ones, then close everything."""
@@ -85,7 +92,14 @@ class Node:
         )
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        drained = await self.executor.drain(self.config.jobs.drain_timeout_s)
+        timeout = self.config.jobs.drain_timeout_s
+        # Jobs placed on peers drain alongside local ones, while the overlay
+        # is still up to bring their results back; those still out after the
+        # timeout are cancelled at their workers.
+        routed = (
+            asyncio.ensure_future(self.router.drain(timeout)) if self.router is not None else None
+        )
+        drained = await self.executor.drain(timeout)
         if not drained:
             # Interrupt the guests still running: they end as CANCELLED, their
             # receipts are stored and their clients answered before we go.
@@ -96,9 +110,13 @@ class Node:
             )
             self.executor.sandbox.cancel_all()
             await self.executor.drain(self.config.grpc.shutdown_grace_s + 5)
+        if routed is not None:
+            await routed
         for task in self.bootstrap_tasks:
             task.cancel()
         await asyncio.gather(*self.bootstrap_tasks, return_exceptions=True)
+        if self.worker is not None:
+            self.worker.close()
         if self.dht is not None:
             await self.dht.close()  # saves the routing table; before the overlay goes
         if self.overlay is not None:
@@ -181,11 +199,28 @@ async def start_node(config: Config, log: EventLog) -> Node:
         addresses.append(f"unix:{sock}")
     overlay: OverlayEndpoint | None = None
     dht: DhtService | None = None
+    worker: JobWorker | None = None
+    router: JobRouter | None = None
     background: list[asyncio.Task[None]] = []
     try:
         try:
             overlay = await _start_overlay(config, key, log)
+            if overlay is not None:
+                worker = JobWorker(
+                    key=key, executor=executor, policy=_worker_policy(config, engine), log=log
+                )
+                worker.attach(overlay)
             dht = await _start_dht(config, key, overlay, log) if overlay else None
+            events = JobEventBus()
+            router = JobRouter(
+                key=key,
+                executor=executor,
+                events=events,
+                overlay=overlay,
+                dht=dht,
+                settings=_router_settings(config),
+                log=log,
+            )
             servicer = PlasmServicer(
                 executor,
                 NodeFacts(
@@ -194,7 +229,10 @@ async def start_node(config: Config, log: EventLog) -> Node:
                     overlay_address=host_port(overlay.host, overlay.port) if overlay else "",
                     peers=(lambda: _peer_views(overlay)) if overlay else (lambda: ()),
                     dht=_DhtView(dht) if dht else None,
-                    events=JobEventBus(),
+                    events=events,
+                    cancel_job=router.cancel,
+                    router=router,
+                    default_job_timeout_s=config.remote.default_deadline_s,
                 ),
                 log,
             )
@@ -263,6 +301,8 @@ async def start_node(config: Config, log: EventLog) -> Node:
         overlay,
         background,
         dht,
+        router,
+        worker,
     )
 
 
@@ -362,6 +402,38 @@ async def _start_dht(
             seeds.append(Contact(node_id=node_id, host=host, port=port))
     await dht.start(seeds)
     return dht
+
+
+def _worker_policy(config: Config, engine: SandboxEngine) -> WorkerPolicy:
+    jobs, remote = config.jobs, config.remote
+    return WorkerPolicy(
+        accept_jobs=remote.accept_jobs,
+        arch=platform.machine(),
+        wasi_version=engine.runtime.wasi_version,
+        default_limits=config.limits.default,
+        max_limits=config.limits.max,
+        max_module_bytes=jobs.max_module_bytes,
+        max_input_bytes=jobs.max_stdin_bytes + jobs.max_arg_env_bytes,
+        lease_ns=int(remote.lease_s * 1e9),
+        capacity=config.effective_slots() + jobs.queue,
+        max_share=remote.max_share_per_requester,
+    )
+
+
+def _router_settings(config: Config) -> RouterSettings:
+    remote = config.remote
+    return RouterSettings(
+        session=SessionSettings(
+            max_attempts=remote.max_attempts,
+            offer_timeout_s=remote.offer_timeout_s,
+            search_timeout_s=remote.search_timeout_s,
+            fallback_local=remote.fallback_local,
+        ),
+        heartbeat_interval_s=remote.heartbeat_interval_s,
+        heartbeat_misses=remote.heartbeat_misses,
+        worker_cache_s=remote.worker_cache_s,
+        distrust_s=remote.distrust_s,
+    )
 
 
 def _advertised_addresses(overlay: OverlayEndpoint) -> list[str]:

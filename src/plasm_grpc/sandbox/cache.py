@@ -111,6 +111,11 @@ class ModuleCache:
         with self._lock:
             self._known_raw.add(sha256)
 
+    def read_module(self, sha256: str) -> bytes | None:
+        """The raw bytes of a held module (to send to a worker), or None."""
+        check_hex64(sha256, "module_sha256")
+        return self._read_raw(sha256)
+
     def _read_raw(self, sha256: str) -> bytes | None:
         path = self._raw_path(sha256)
         if path is None:
