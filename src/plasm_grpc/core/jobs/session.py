@@ -325,6 +325,7 @@ class JobSession:
         """The result arrived and checked out (the adapter verified the receipt)."""
         self._enter("completed")
         attempt = self._close(now, AttemptResult.COMPLETED, outcome.label)
+        attempt.may_have_run = False  # it did run, and this is its result
         self.state = State.DONE
         self._emit(
             EventKind.FINISHED,
