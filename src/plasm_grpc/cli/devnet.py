@@ -68,6 +68,18 @@ class DevNet:
             raise
         self._write_manifest()
 
+    def add(self, *, log_level: str = "info") -> DevNode:
+        """Start one more node, bootstrapping from the seed, and wait until it is ready."""
+        if not self.nodes:
+            raise DevnetError("start the devnet first")
+        seed = self.nodes[0]
+        node = self._spawn(
+            len(self.nodes), self._config(log_level, f"{seed.node_id}@{seed.overlay}")
+        )
+        self._wait_ready(node)
+        self._write_manifest()
+        return node
+
     def _config(self, log_level: str, bootstrap: str | None) -> str:
         text = f'[log]\nlevel = "{log_level}"\n[overlay]\n{_OVERLAY}'
         if bootstrap is not None:

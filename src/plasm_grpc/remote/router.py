@@ -92,6 +92,9 @@ _HASH_INLINE_BYTES: Final = 256 * 1024
 _MAX_DETAIL: Final = 300  # a peer's text in our events and errors
 _WORKERS_LOOKED_UP: Final = 20
 _ENDED_REMEMBERED: Final = 4096
+_UNRUNNABLE: Final = frozenset(
+    {Outcome.INVALID_MODULE, Outcome.UNKNOWN_IMPORT, Outcome.COMPILE_LIMIT}
+)
 
 _PROGRESS: Final = {
     job_pb2.WORKER_JOB_STATE_QUEUED: EventKind.QUEUED,
@@ -627,10 +630,6 @@ class JobRouter:
         if problem is not None:
             self._distrust(c.node_id, session.job_id, problem)
             return session.attempt_failed(AttemptResult.BAD_RECEIPT, problem, self._clock())
-        await self._store(session.job_id, result)
-        entry.result = RoutedJob(
-            result=result, executor_node_id=c.node_id, attempts=session.attempts
-        )
         try:
             outcome = Outcome(result.outcome)
         except ValueError:
@@ -638,6 +637,15 @@ class JobRouter:
             return session.attempt_failed(
                 AttemptResult.BAD_RECEIPT, "an unknown outcome", self._clock()
             )
+        await self._store(session.job_id, result)
+        if entry.module is not None and outcome not in _UNRUNNABLE:
+            # It ran: keep it so the client may resubmit by hash (as for a local job).
+            await asyncio.to_thread(
+                self.executor.sandbox.cache.put_module, entry.module_sha256, entry.module
+            )
+        entry.result = RoutedJob(
+            result=result, executor_node_id=c.node_id, attempts=session.attempts
+        )
         return session.completed(outcome, result.exit_code, self._clock())
 
     async def _watch_worker(
