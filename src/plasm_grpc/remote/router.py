@@ -638,11 +638,14 @@ class JobRouter:
                 AttemptResult.BAD_RECEIPT, "an unknown outcome", self._clock()
             )
         await self._store(session.job_id, result)
-        if entry.module is not None and outcome not in _UNRUNNABLE:
+        cache = self.executor.sandbox.cache
+        if (
+            entry.module is not None
+            and outcome not in _UNRUNNABLE
+            and not cache.has_module(entry.module_sha256)
+        ):
             # It ran: keep it so the client may resubmit by hash (as for a local job).
-            await asyncio.to_thread(
-                self.executor.sandbox.cache.put_module, entry.module_sha256, entry.module
-            )
+            await asyncio.to_thread(cache.put_module, entry.module_sha256, entry.module)
         entry.result = RoutedJob(
             result=result, executor_node_id=c.node_id, attempts=session.attempts
         )

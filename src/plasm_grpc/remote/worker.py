@@ -129,6 +129,7 @@ class JobWorker:
         has_module = self.executor.sandbox.cache.has_module(offer.module_sha256)
         self.log.event(
             "job_accepted",
+            level="debug",
             job_id=offer.job_id,
             requester=peer,
             module_sha256=offer.module_sha256,
