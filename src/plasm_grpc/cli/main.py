@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
+import secrets
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -21,20 +26,25 @@ from google.protobuf import json_format
 from plasm.v1 import (
     capability_pb2,
     envelope_pb2,
+    errors_pb2,
+    job_pb2,
     manifest_pb2,
     receipt_pb2,
     service_pb2,
     service_pb2_grpc,
 )
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
+from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
 from plasm_grpc import __version__
 from plasm_grpc.api import codec
 from plasm_grpc.api.verify import ReceiptInput, VerifyResult, verify_receipt
-from plasm_grpc.core.ids import sha256_hex
+from plasm_grpc.core.errors import InvalidIdError
+from plasm_grpc.core.ids import check_hex64, check_job_id, sha256_hex
 
 DEFAULT_ADDR = "127.0.0.1:50151"
 EXIT_USAGE = 2
@@ -236,6 +246,453 @@ def show_body(body: receipt_pb2.ReceiptBody, title: str = "receipt") -> None:
     err_console.print(table)
 
 
+# -- job events and attempts ---------------------------------------------------------
+#
+# Everything a node relays from peers (details, reasons, node ids) is untrusted:
+# it goes through `printable` and is shown as `Text`, never as markup.
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """`text` on one line with control and format characters escaped (`\\x1b`),
+    cut to `limit` characters: a peer's words can't move the cursor, recolour
+    or hide what the terminal shows."""
+    cut = text[:limit]
+    safe = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in cut)
+    return safe + "…" if len(text) > limit else safe
+
+
+def node_label(node_id: str) -> str:
+    if not node_id:
+        return "(unnamed node)"
+    if re.fullmatch(r"[0-9a-f]{64}", node_id):
+        return node_id[:16] + "…"
+    return printable(node_id, 20)
+
+
+def _enum_label(enum: Any, value: int, prefix: str) -> str:
+    """`plasm.v1` enum value name without its prefix; the number when this CLI
+    does not know it (a newer node)."""
+    try:
+        return str(enum.Name(value)).removeprefix(prefix)
+    except ValueError:
+        return str(value)
+
+
+def _duration(ns: int) -> str:
+    ms = max(ns, 0) / 1e6
+    return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+def _outcome_label(outcome: int, exit_code: int) -> str:
+    label = _enum_label(receipt_pb2.Outcome, outcome, "OUTCOME_").lower()
+    return f"{label} (exit {exit_code})" if outcome == receipt_pb2.OUTCOME_NONZERO_EXIT else label
+
+
+# Kinds whose detail, when the node gives one, follows the phrase in parentheses.
+_DETAIL_IN_PARENTHESES = frozenset(
+    {
+        job_pb2.JOB_EVENT_KIND_SUBMITTED,
+        job_pb2.JOB_EVENT_KIND_ACCEPTED,
+        job_pb2.JOB_EVENT_KIND_QUEUED,
+        job_pb2.JOB_EVENT_KIND_RUNNING,
+        job_pb2.JOB_EVENT_KIND_CANCEL_REQUESTED,
+    }
+)
+
+
+def event_phrase(event: job_pb2.JobEvent, since_ns: int | None = None) -> str:
+    """What one event says, e.g. "declined by 5e6f… (BUSY: all 2 slots taken)".
+
+    `since_ns`: when the attempt (or job) began, for FINISHED's duration.
+    """
+    phrase = _phrase(event, since_ns)
+    if event.kind in _DETAIL_IN_PARENTHESES and event.detail:
+        return f"{phrase} ({printable(event.detail)})"
+    return phrase
+
+
+def _phrase(event: job_pb2.JobEvent, since_ns: int | None) -> str:
+    kind = event.kind
+    node = node_label(event.node_id)
+    detail = printable(event.detail)
+    if kind == job_pb2.JOB_EVENT_KIND_SUBMITTED:
+        return "submitted"
+    if kind == job_pb2.JOB_EVENT_KIND_SEARCHING:
+        return "searching for workers"
+    if kind == job_pb2.JOB_EVENT_KIND_CANDIDATES:
+        return f"candidates: {short(detail)}" if detail else "found candidates"
+    if kind == job_pb2.JOB_EVENT_KIND_OFFERED:
+        return f"offered to {node}"
+    if kind == job_pb2.JOB_EVENT_KIND_DECLINED:
+        reason = _enum_label(job_pb2.DeclineReason, event.decline_reason, "DECLINE_REASON_")
+        return f"declined by {node} ({reason}{': ' + detail if detail else ''})"
+    if kind == job_pb2.JOB_EVENT_KIND_ACCEPTED:
+        return f"accepted by {node}"
+    if kind == job_pb2.JOB_EVENT_KIND_TRANSFERRING:
+        if event.module_bytes:
+            return f"sending the module ({event.module_bytes:,} bytes) and input to {node}"
+        return f"sending the input to {node} (it holds the module)"
+    if kind == job_pb2.JOB_EVENT_KIND_QUEUED:
+        return f"queued on {node}"
+    if kind == job_pb2.JOB_EVENT_KIND_RUNNING:
+        return f"running on {node}"
+    if kind == job_pb2.JOB_EVENT_KIND_ATTEMPT_FAILED:
+        text = f"attempt failed on {node}: {detail or 'no detail'}"
+        return text + " (may have run there)" if event.may_have_run else text
+    if kind == job_pb2.JOB_EVENT_KIND_FINISHED:
+        took = ""
+        if since_ns is not None:
+            took = f" in {_duration(event.at.ToNanoseconds() - since_ns)}"
+        return f"finished on {node}{took}: {_outcome_label(event.outcome, event.exit_code)}"
+    if kind == job_pb2.JOB_EVENT_KIND_FAILED:
+        reason = _enum_label(errors_pb2.ErrorReason, event.error_reason, "ERROR_REASON_")
+        return f"failed ({reason}){': ' + detail if detail else ''}"
+    if kind == job_pb2.JOB_EVENT_KIND_CANCEL_REQUESTED:
+        return "cancel requested"
+    return f"event {_enum_label(job_pb2.JobEventKind, kind, 'JOB_EVENT_KIND_')}"
+
+
+_TERMINAL_EVENTS = (job_pb2.JOB_EVENT_KIND_FINISHED, job_pb2.JOB_EVENT_KIND_FAILED)
+
+
+class JobProgress:
+    """A job's events folded into lines: one for the job, one per attempt
+    showing where that attempt got to. Pure: `lines()` after `add()`s."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.terminal: job_pb2.JobEvent | None = None
+        self.events = 0
+        self._job_line = "waiting for the node"
+        self._cancel_requested = False
+        self._first_ns: int | None = None
+        self._attempts: dict[int, str] = {}
+        self._attempt_start: dict[int, int] = {}
+
+    @property
+    def ended(self) -> bool:
+        return self.terminal is not None
+
+    def add(self, event: job_pb2.JobEvent) -> str:
+        """Fold `event` in; returns it as one line, as `describe_event` would
+        (with FINISHED's duration). Events after the terminal one are ignored."""
+        if self.terminal is not None:
+            return ""
+        self.events += 1
+        at = event.at.ToNanoseconds()
+        if self._first_ns is None:
+            self._first_ns = at
+        if event.kind == job_pb2.JOB_EVENT_KIND_CANCEL_REQUESTED:
+            self._cancel_requested = True
+            return describe_event(event)
+        if event.kind in _TERMINAL_EVENTS:
+            self.terminal = event
+        if event.attempt and event.kind != job_pb2.JOB_EVENT_KIND_FAILED:
+            start = self._attempt_start.setdefault(event.attempt, at)
+            self._attempts[event.attempt] = event_phrase(event, start)
+            if event.kind == job_pb2.JOB_EVENT_KIND_FINISHED:
+                self._job_line = "finished"
+            return describe_event(event, start)
+        self._job_line = event_phrase(event, self._first_ns)
+        return describe_event(event, self._first_ns)
+
+    def header(self) -> str:
+        cancel = " (cancel requested)" if self._cancel_requested else ""
+        return f"job {printable(self.job_id, 64)}: {self._job_line}{cancel}"
+
+    def attempt_lines(self) -> list[str]:
+        return [f"#{n} {self._attempts[n]}" for n in sorted(self._attempts)]
+
+    def lines(self) -> list[str]:
+        return [self.header(), *("  " + line for line in self.attempt_lines())]
+
+    def exit_code(self) -> int:
+        """As `plasm submit` would exit for this ending."""
+        end = self.terminal
+        if end is None or end.kind != job_pb2.JOB_EVENT_KIND_FINISHED:
+            return EXIT_JOB_FAILED
+        if end.outcome == receipt_pb2.OUTCOME_SUCCESS:
+            return 0
+        if end.outcome == receipt_pb2.OUTCOME_NONZERO_EXIT:
+            return min(max(end.exit_code, 1), 255)
+        return EXIT_JOB_FAILED
+
+
+def render_events(job_id: str, events: Sequence[job_pb2.JobEvent]) -> list[str]:
+    """The lines a live view shows once `events` have arrived."""
+    progress = JobProgress(job_id)
+    for event in events:
+        progress.add(event)
+    return progress.lines()
+
+
+def describe_event(event: job_pb2.JobEvent, since_ns: int | None = None) -> str:
+    """One event as one line, for a log-like view (not a terminal)."""
+    where = f"#{event.attempt} " if event.attempt else ""
+    return f"{event.at.ToJsonString()} {where}{event_phrase(event, since_ns)}"
+
+
+def may_also_have_run(attempts: Sequence[job_pb2.JobAttempt]) -> list[job_pb2.JobAttempt]:
+    """Attempts, other than the last (whose result this is), that may have run the job."""
+    return [a for a in attempts[:-1] if a.may_have_run]
+
+
+def attempts_summary(attempts: Sequence[job_pb2.JobAttempt]) -> list[str]:
+    """SubmitResponse.attempts as lines; [] when there is nothing to tell (one
+    attempt that could not have run elsewhere)."""
+    may_have_run = may_also_have_run(attempts)
+    if len(attempts) <= 1:
+        return []
+    lines = [f"{len(attempts)} attempts:"]
+    for n, a in enumerate(attempts, 1):
+        result = _enum_label(job_pb2.AttemptResult, a.result, "ATTEMPT_RESULT_").lower()
+        if a.result == job_pb2.ATTEMPT_RESULT_DECLINED:
+            reason = _enum_label(job_pb2.DeclineReason, a.decline_reason, "DECLINE_REASON_")
+            result += f" ({reason})"
+        detail = printable(a.detail)
+        line = f"  #{n} {node_label(a.node_id)}: {result}"
+        line += f" in {_duration(a.duration_us * 1000)}"
+        if detail:
+            line += f": {detail}"
+        if a.may_have_run and n < len(attempts):
+            line += " (may have run there)"
+        lines.append(line)
+    if may_have_run:
+        nodes = ", ".join(node_label(a.node_id) for a in may_have_run)
+        lines.append(
+            f"note: the job may also have run on {nodes}: an attempt failed after the job was "
+            "sent there. Only the result above was checked and counts."
+        )
+    return lines
+
+
+# -- running a Submit: watch it live, cancel it on Ctrl-C --------------------------------
+
+CANCEL_WAIT_S = 10.0  # after Ctrl-C, how long to wait for the node's CANCELLED answer
+WATCH_GRACE_S = 2.0  # after Submit answers, how long to wait for the watch to catch up
+
+
+@dataclass(slots=True)
+class SubmitOutcome:
+    response: service_pb2.SubmitResponse
+    # The live view showed the job's end (so its attempts were shown too).
+    shown_live: bool
+
+
+class _Wake:
+    SUBMIT_DONE = "submit done"
+    WATCH_END = "watch ended"
+
+
+class _Watch:
+    """A Watch call read on a thread; events land on the caller's queue."""
+
+    def __init__(self, client: Client, job_id: str, out: queue.Queue[Any]) -> None:
+        # Longer than Submit's deadline: the watch must not end first.
+        self._call = client.stub.Watch(
+            service_pb2.WatchRequest(job_id=job_id), timeout=client.timeout + 15
+        )
+        self._out = out
+        self.error: grpc.RpcError | None = None
+        self.open = True
+        threading.Thread(target=self._read, name="plasm-watch", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self._out.put(response.event)
+        except grpc.RpcError as err:
+            self.error = err
+        finally:
+            self.open = False
+            self._out.put(_Wake.WATCH_END)
+
+    def stop(self) -> None:
+        self._call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs: RpcContext.cancel
+
+
+class _LiveView:
+    """The job's progress on stderr: a rich Live on a terminal, else one line per event."""
+
+    def __init__(self, progress: JobProgress, label: str) -> None:
+        self.progress = progress
+        self.label = label
+        self._live: Live | None = None
+        if err_console.is_terminal:
+            self._live = Live(
+                self._renderable(), console=err_console, refresh_per_second=8, transient=False
+            )
+            self._live.start()
+
+    def _renderable(self) -> Any:
+        lines = [Text(line) for line in self.progress.attempt_lines()]
+        header = Text(self.progress.header())
+        if self.progress.ended:
+            return Group(header, *(Text("  ") + line for line in lines))
+        if not self.progress.events:
+            header = Text(f"{self.label} (job {self.progress.job_id})")
+        return Group(Spinner("dots", header), *(Text("  ") + line for line in lines))
+
+    def add(self, event: job_pb2.JobEvent) -> None:
+        line = self.progress.add(event)
+        if self._live is not None:
+            self._live.update(self._renderable(), refresh=True)
+        elif line:
+            err_console.print(Text(line), soft_wrap=True)
+
+    def stop(self) -> None:
+        if self._live is not None:
+            if not self.progress.events:
+                self._live.transient = True  # nothing to keep: the spinner goes
+            self._live.update(self._renderable(), refresh=True)
+            self._live.stop()
+            self._live = None
+
+
+def _cancel_after_interrupt(client: Client, job_id: str) -> None:
+    try:
+        response: service_pb2.CancelResponse = client.stub.Cancel(
+            service_pb2.CancelRequest(job_id=job_id), timeout=5
+        )
+    except grpc.RpcError as err:
+        err_console.print(
+            Text(
+                f"could not cancel job {job_id}: {describe_rpc_error(err, client.addr)}\n"
+                f"waiting up to {CANCEL_WAIT_S:.0f} s for its result; Ctrl-C again to quit now"
+            )
+        )
+        return
+    if response.cancelled:
+        text = (
+            f"cancelling job {job_id}; the node stops it and stores its receipt. Waiting up to "
+            f"{CANCEL_WAIT_S:.0f} s for the result; Ctrl-C again to quit now"
+        )
+    else:
+        text = f"job {job_id} had already ended; waiting for its result (Ctrl-C again to quit now)"
+    err_console.print(text, markup=False)
+
+
+class _SubmitRun:
+    """One Submit with its watch, its live view and its Ctrl-C handling."""
+
+    def __init__(
+        self, client: Client, request: service_pb2.SubmitRequest, watch: bool, spinner: str | None
+    ) -> None:
+        self.client = client
+        self.request = request
+        self.job_id = request.job_id
+        self.wake: queue.Queue[Any] = queue.Queue()
+        self.watch = watch
+        self.watcher: _Watch | None = None
+        self.future: grpc.Future[service_pb2.SubmitResponse] | None = None
+        self.view = _LiveView(JobProgress(self.job_id), spinner or "submitting") if watch else None
+        self.status = None
+        if spinner is not None and self.view is None:
+            self.status = err_console.status(escape(spinner))
+            self.status.start()
+        self.cancel_deadline: float | None = None
+        self.watch_deadline: float | None = None
+
+    def start(self) -> None:
+        # Watch first: the node waits for a job id it has not seen yet, so no event is missed.
+        if self.watch:
+            self.watcher = _Watch(self.client, self.job_id, self.wake)
+        self.future = self.client.stub.Submit.future(self.request, timeout=self.client.timeout)
+        self.future.add_done_callback(lambda _: self.wake.put(_Wake.SUBMIT_DONE))
+
+    def step(self) -> bool:
+        """Wait for and handle one thing; True when the run is over."""
+        assert self.future is not None
+        watcher, view = self.watcher, self.view
+        if self.future.done():
+            while not self.wake.empty():  # what already arrived counts
+                self._handle(self.wake.get_nowait())
+            if view is None or watcher is None or not watcher.open or view.progress.ended:
+                return True
+            if not view.progress.events:
+                return True  # the node publishes no events for it (an older node)
+            if self.watch_deadline is None:
+                self.watch_deadline = time.monotonic() + WATCH_GRACE_S
+        # Wake at least each second: a wait without a timeout may hold off Ctrl-C,
+        # and a done-callback lost to an early Ctrl-C is caught up with.
+        deadlines = [d for d in (self.cancel_deadline, self.watch_deadline) if d is not None]
+        timeout = min([1.0, *(d - time.monotonic() for d in deadlines)])
+        try:
+            item = self.wake.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            now = time.monotonic()
+            if self.watch_deadline is not None and now >= self.watch_deadline:
+                return True
+            if self.cancel_deadline is not None and now >= self.cancel_deadline:
+                err_console.print(
+                    f"the node did not answer within {CANCEL_WAIT_S:.0f} s; the job may still "
+                    f"be running: plasm watch {self.job_id}",
+                    markup=False,
+                )
+                raise KeyboardInterrupt from None
+            return False
+        self._handle(item)
+        return False
+
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, job_pb2.JobEvent) and self.view is not None:
+            self.view.add(item)
+
+    def interrupted(self) -> None:
+        """Ctrl-C: the first one cancels the job; raises for a second one."""
+        if self.future is None or self.cancel_deadline is not None:
+            raise KeyboardInterrupt
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        self.cancel_deadline = time.monotonic() + CANCEL_WAIT_S
+        _cancel_after_interrupt(self.client, self.job_id)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+        if self.view is not None:
+            self.view.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.future is not None and not self.future.done():
+            self.future.cancel()
+
+
+def run_submit(
+    client: Client,
+    request: service_pb2.SubmitRequest,
+    *,
+    watch: bool,
+    spinner: str | None,
+) -> SubmitOutcome:
+    """Submit `request`; with `watch`, show its events live meanwhile.
+
+    The first Ctrl-C asks the node to cancel the job and waits (bounded) for
+    the Submit to answer with the CANCELLED result; a second one raises
+    KeyboardInterrupt at once.
+    """
+    run = _SubmitRun(client, request, watch, spinner)
+    try:
+        while True:
+            try:
+                if run.future is None:
+                    run.start()
+                if run.step():
+                    break
+            except KeyboardInterrupt:
+                run.interrupted()
+    finally:
+        run.close()
+    assert run.future is not None
+    try:
+        response: service_pb2.SubmitResponse = run.future.result()
+    except grpc.RpcError as err:
+        die(describe_rpc_error(err, client.addr))
+    view = run.view
+    return SubmitOutcome(response=response, shown_live=view is not None and view.progress.ended)
+
+
 # -- commands --------------------------------------------------------------------
 
 
@@ -267,24 +724,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             setattr(lim, field, value)
-    if args.local:
-        manifest.placement.mode = capability_pb2.PLACEMENT_MODE_LOCAL
+    apply_placement(manifest.placement, args)
     if module and manifest.module_sha256 and manifest.module_sha256 != sha256_hex(module):
         die(f"{args.module} does not hash to the manifest's module_sha256", EXIT_USAGE)
+    job_id = args.job_id or secrets.token_hex(16)
 
     client = connect(args)
-    request = service_pb2.SubmitRequest(manifest=manifest, module=module)
-    if err_console.is_terminal and not args.quiet and not args.json:
-        with err_console.status(
-            f"running {args.module or manifest.module_sha256[:16]} on {args.addr}…"
-        ):
-            response: service_pb2.SubmitResponse = client.call("Submit", request)
-    else:
-        response = client.call("Submit", request)
+    request = service_pb2.SubmitRequest(manifest=manifest, module=module, job_id=job_id)
+    people = not args.quiet and not args.json
+    watch = args.watch if args.watch is not None else err_console.is_terminal and people
+    spinner = None
+    if err_console.is_terminal and people:
+        spinner = f"running {args.module or manifest.module_sha256[:16]} on {args.addr}…"
+    ran = run_submit(client, request, watch=watch, spinner=spinner)
+    response = ran.response
     result = response.result
+    executor = response.executor_node_id
     verification = verify_receipt(
         codec.envelope_from_pb(result.receipt),
-        expected_executor_node_id=args.expect_node or None,
+        # The node says who ran the job: the receipt must be theirs.
+        expected_executor_node_id=args.expect_node or executor or None,
         stdout=result.stdout,
         stderr=result.stderr,
         module=module or None,
@@ -301,6 +760,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print_json(
             {
                 "jobId": result.job_id,
+                "executorNodeId": executor,
+                "attempts": [
+                    json_format.MessageToDict(a, always_print_fields_with_no_presence=True)
+                    for a in response.attempts
+                ],
                 "outcome": outcome,
                 "exitCode": result.exit_code,
                 "trapCode": result.trap_code,
@@ -324,8 +788,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if verification.body is not None:
                 show_body(verification.body)
             show_verification(verification)
+            if executor:
+                err_console.print(
+                    Text(f"executed by node {printable(executor, 64)}"), soft_wrap=True
+                )
             if args.receipt_out:
                 err_console.print(f"receipt written to {escape(args.receipt_out)}")
+        attempts = attempts_summary(response.attempts)
+        # Told even with --quiet when the job may have run on another node too.
+        told = ran.shown_live or (args.quiet and not may_also_have_run(response.attempts))
+        if attempts and not told:
+            err_console.print(Text("\n".join(attempts)), soft_wrap=True)
     if not verification.valid:
         return EXIT_UNVERIFIED
     if result.outcome == receipt_pb2.OUTCOME_SUCCESS:
@@ -335,6 +808,87 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.json:
         err_console.print(f"[red]job ended: {outcome}[/] {escape(result.detail)}")
     return EXIT_JOB_FAILED
+
+
+_PLACEMENT_MODES = {
+    "auto": capability_pb2.PLACEMENT_MODE_AUTO,
+    "local": capability_pb2.PLACEMENT_MODE_LOCAL,
+    "peer": capability_pb2.PLACEMENT_MODE_PEER,
+}
+
+
+def apply_placement(placement: capability_pb2.PlacementRequirements, args: Any) -> None:
+    """--placement, --local and --peer over the manifest's placement; auto when none says."""
+    mode: str | None = args.placement
+    for flag, implied in (("--local", "local" if args.local else None), ("--peer", args.peer)):
+        if implied is None:
+            continue
+        wanted = "local" if flag == "--local" else "peer"
+        if mode not in (None, wanted):
+            die(f"{flag} contradicts --placement {mode}", EXIT_USAGE)
+        mode = wanted
+    if args.peer is not None:
+        try:
+            placement.peer_node_id = check_hex64(args.peer, "--peer")
+        except InvalidIdError as err:
+            die(str(err), EXIT_USAGE)
+    if mode is not None:
+        placement.mode = _PLACEMENT_MODES[mode]
+    elif placement.mode == capability_pb2.PLACEMENT_MODE_UNSPECIFIED:
+        placement.mode = capability_pb2.PLACEMENT_MODE_AUTO
+    if placement.mode == capability_pb2.PLACEMENT_MODE_PEER and not placement.peer_node_id:
+        die("--placement peer needs --peer NODE_ID", EXIT_USAGE)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    client = connect(args)
+    progress = JobProgress(args.job_id)
+    out = Console(highlight=False)
+    live = None
+    if out.is_terminal and not args.json:
+        live = Live(Text(f"waiting for job {args.job_id} …"), console=out, refresh_per_second=8)
+        live.start()
+    try:
+        call = client.stub.Watch(
+            service_pb2.WatchRequest(job_id=args.job_id), timeout=client.timeout
+        )
+        for response in call:
+            event = response.event
+            line = progress.add(event)
+            if args.json:
+                document = json_format.MessageToDict(event)
+                sys.stdout.write(json.dumps(document, sort_keys=True) + "\n")
+                sys.stdout.flush()
+            elif live is not None:
+                live.update(Group(*(Text(line) for line in progress.lines())), refresh=True)
+            elif line:
+                out.print(Text(line), soft_wrap=True)
+    except grpc.RpcError as err:
+        die(describe_rpc_error(err, client.addr))
+    finally:
+        if live is not None:
+            live.stop()
+    if not progress.ended:
+        die(f"the node ended the watch before job {args.job_id} ended")
+    return progress.exit_code()
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    client = connect(args)
+    response: service_pb2.CancelResponse = client.call(
+        "Cancel", service_pb2.CancelRequest(job_id=args.job_id)
+    )
+    if args.json:
+        print_json({"jobId": args.job_id, "cancelled": response.cancelled})
+    elif response.cancelled:
+        Console(highlight=False).print(
+            f"cancelling job {args.job_id}: the node stops it and stores its receipt "
+            f"(plasm watch {args.job_id} shows its end)",
+            markup=False,
+        )
+    else:
+        Console(highlight=False).print(f"job {args.job_id} had already ended", markup=False)
+    return 0
 
 
 def load_envelope(path: str) -> envelope_pb2.SignedEnvelope:
@@ -710,6 +1264,13 @@ def _nonneg(value: str) -> int:
     return n
 
 
+def _job_id(value: str) -> str:
+    try:
+        return check_job_id(value)
+    except InvalidIdError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 _SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30}
 
 
@@ -744,7 +1305,9 @@ def parser() -> argparse.ArgumentParser:
         "submit",
         help="run a WASI module and verify its receipt",
         description="Submit a WASI module to the node, print its stdout, and "
-        "verify the signed receipt against what was sent and received.",
+        "verify the signed receipt against what was sent and received. Ctrl-C asks the "
+        "node to cancel the job and waits up to 10 s for its cancelled receipt; a second "
+        "Ctrl-C quits at once.",
     )
     s.add_argument("module", nargs="?", help="the .wasm file ('-' for standard input)")
     s.add_argument("--manifest", help="JSON JobManifest (validated against its JSON Schema)")
@@ -769,12 +1332,57 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout-ms", type=_nonneg, help="wall-time budget in milliseconds")
     s.add_argument("--max-stdout", type=_nonneg, help="stdout cap in bytes")
     s.add_argument("--max-stderr", type=_nonneg, help="stderr cap in bytes")
-    s.add_argument("--local", action="store_true", help="require running on this node")
+    s.add_argument(
+        "--placement",
+        choices=sorted(_PLACEMENT_MODES),
+        help="where the job runs: auto (the node picks a capable peer; the default), "
+        "local (this node) or peer (the node given with --peer)",
+    )
+    s.add_argument("--local", action="store_true", help="same as --placement local")
+    s.add_argument("--peer", metavar="NODE_ID", help="run on this node id (implies peer)")
+    s.add_argument(
+        "--job-id",
+        type=_job_id,
+        help="the job's id (32 lowercase hex); default: a random one, chosen here so the "
+        "job can be watched and cancelled while it runs",
+    )
+    s.add_argument(
+        "--watch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show the job's events live on stderr: offers, declines, where it runs "
+        "(default: when stderr is a terminal, without --quiet or --json)",
+    )
     s.add_argument("--expect-node", help="fail verification unless this node id signed")
     s.add_argument("--receipt-out", help="write the receipt (SignedEnvelope JSON) here")
     s.add_argument("--quiet", "-q", action="store_true", help="print only the job's output")
     s.add_argument("--json", action="store_true", help="one JSON object for scripts")
     s.set_defaults(func=cmd_submit)
+
+    wa = sub.add_parser(
+        "watch",
+        help="follow a job's events until it ends",
+        description="Stream a job's events from the node it was submitted to: submitted, "
+        "offered to a worker, declined (and why), accepted, running, finished or failed. "
+        "Starts from the job's beginning and waits briefly for a job not submitted yet. "
+        "Exits like `plasm submit`: 0 on success, the guest's code for a non-zero exit, "
+        "3 when the job failed or ended otherwise.",
+    )
+    wa.add_argument("job_id", type=_job_id, help="32 lowercase hex")
+    wa.add_argument("--json", action="store_true", help="one JSON object per event, per line")
+    wa.set_defaults(func=cmd_watch)
+
+    ca = sub.add_parser(
+        "cancel",
+        help="cancel a job submitted to the node",
+        description="Ask the node to cancel a job it is running or placing: the guest is "
+        "stopped wherever it runs, and the job's Submit is answered with a receipt saying "
+        "cancelled. Exits 0 whether it was cancelled or had already ended, 1 when the node "
+        "does not know the job.",
+    )
+    ca.add_argument("job_id", type=_job_id, help="32 lowercase hex")
+    ca.add_argument("--json", action="store_true")
+    ca.set_defaults(func=cmd_cancel)
 
     v = sub.add_parser(
         "verify",
