@@ -4,6 +4,14 @@ signed receipts, and durable storage before anything is acknowledged.
 The sandbox, signing and hashing run in a thread pool sized to the job slots,
 so the event loop keeps answering health checks and other RPCs while a large
 module compiles or a long job runs.
+
+For jobs that arrive from other nodes the executor also takes a caller-chosen
+job id and requester, holds capacity reservations (a lease granted before the
+job's bytes arrive) and cancels one admitted job (`cancel`), which then ends
+as CANCELLED with a signed, stored receipt like any other outcome.
+
+Every method except `state` and the counters must be called from the event
+loop's thread.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 from plasm_grpc.core import envelope as envelopes
 from plasm_grpc.core.envelope import SignedEnvelope
-from plasm_grpc.core.errors import PlasmError
-from plasm_grpc.core.ids import new_job_id, sha256_hex
+from plasm_grpc.core.errors import InvalidIdError, PlasmError
+from plasm_grpc.core.ids import check_hex64, check_job_id, new_job_id, sha256_hex
 from plasm_grpc.core.input_hash import input_sha256
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.limits import ResourceLimits, resolve_limits
@@ -26,11 +35,17 @@ from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.core.receipt import Receipt
 from plasm_grpc.logs import EventLog
 from plasm_grpc.sandbox.cache import ModuleUnavailableError
-from plasm_grpc.sandbox.runner import Execution, JobSpec, Sandbox
+from plasm_grpc.sandbox.runner import CancelFlag, Execution, JobSpec, Sandbox
 from plasm_grpc.store.receipts import ReceiptStore
 
 _HASH_INLINE_BYTES = 256 * 1024
 _UNRUNNABLE = frozenset({Outcome.INVALID_MODULE, Outcome.UNKNOWN_IMPORT, Outcome.COMPILE_LIMIT})
+# Uploaded bytes are kept for submit-by-hash only once they compiled; a job
+# cancelled before it started was never compiled.
+_BYTES_NOT_KEPT = _UNRUNNABLE | {Outcome.CANCELLED}
+DEFAULT_CANCEL_REASON = "cancelled by the requester"
+
+JobState = Literal["queued", "running"]
 
 
 class AdmissionError(PlasmError):
@@ -72,6 +87,16 @@ ReceiptEncoder = Callable[[Receipt], bytes]
 EnvelopeEncoder = Callable[[SignedEnvelope], bytes]
 
 
+@dataclass(slots=True, kw_only=True)
+class _Admitted:
+    """One admitted job, from admission until its receipt is committed."""
+
+    flag: CancelFlag
+    state: JobState = "queued"  # set to "running" by the worker thread, under _running_lock
+    work: Callable[[], None] | None = None
+    queued: Future[None] | None = None  # in the pool's queue until a worker takes it
+
+
 class JobExecutor:
     def __init__(
         self,
@@ -100,7 +125,8 @@ class JobExecutor:
         self.input_limits = input_limits
         self.log = log
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="job")
-        self._admitted = 0  # queued + running
+        self._jobs: dict[str, _Admitted] = {}  # queued + running, by job id
+        self._reserved = 0  # capacity held for leases (reserve / release_reservation)
         self.running = 0
         self._running_lock = threading.Lock()
         self.completed = 0
@@ -111,11 +137,80 @@ class JobExecutor:
 
     @property
     def queued(self) -> int:
-        return max(0, self._admitted - self.running)
+        return max(0, len(self._jobs) - self.running)
 
     @property
     def free_slots(self) -> int:
         return max(0, self.slots - self.running)
+
+    @property
+    def draining(self) -> bool:
+        """True once `drain` began: no new jobs or reservations are accepted."""
+        return self._draining
+
+    @property
+    def reserved_count(self) -> int:
+        return self._reserved
+
+    @property
+    def capacity_left(self) -> int:
+        """Jobs this node would still admit: slots and queue places not taken
+        by admitted jobs or reservations."""
+        return max(0, self.slots + self.queue_limit - len(self._jobs) - self._reserved)
+
+    def reserve(self) -> None:
+        """Hold one job's capacity (slot or queue place) for a job to come.
+
+        The reservation is used by `submit(..., reserved=True)` or given back
+        with `release_reservation`; it does not expire by itself.
+        """
+        self._refuse_if_draining()
+        if self.capacity_left <= 0:
+            raise AdmissionError("BUSY", self._busy_message())
+        self._reserved += 1
+
+    def release_reservation(self) -> None:
+        """Give back one reservation that will not be used."""
+        if self._reserved <= 0:
+            raise RuntimeError("release_reservation() without a reservation")
+        self._reserved -= 1
+
+    def state(self, job_id: str) -> JobState | None:
+        """Where an admitted job is; None if it is not (unknown or finished)."""
+        with self._running_lock:
+            entry = self._jobs.get(job_id)
+            return None if entry is None else entry.state
+
+    def cancel(self, job_id: str, reason: str = DEFAULT_CANCEL_REASON) -> bool:
+        """Stop one admitted job; False if it is unknown or already finished.
+
+        The job ends as CANCELLED with `reason` as its detail, and a signed,
+        stored receipt; its `submit` returns that JobDone as usual. A queued job
+        ends at once without waiting for a slot; a running guest stops at its
+        next epoch tick. A job whose guest already returned keeps its own
+        outcome. Cancelling twice keeps the first reason.
+        """
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return False
+        if entry.flag.cancel(reason):
+            self.log.event("job_cancelling", job_id=job_id, state=entry.state)
+        if entry.queued is not None and entry.work is not None and entry.queued.cancel():
+            # Taken out of the pool's queue: its CANCELLED run (instant: the
+            # sandbox sees the flag first), signing and storing happen on a
+            # thread of the loop's default executor, not behind the running jobs.
+            entry.queued = None
+            asyncio.get_running_loop().run_in_executor(None, entry.work)
+        return True
+
+    def _refuse_if_draining(self) -> None:
+        if self._draining:
+            raise AdmissionError("SHUTTING_DOWN", "node is shutting down; not accepting jobs")
+
+    def _busy_message(self) -> str:
+        return f"all {self.slots} job slots and {self.queue_limit} queue places are taken" + (
+            f" ({self._reserved} reserved)" if self._reserved else ""
+        )
 
     def _check_input(self, req: JobRequest, module_sha: str) -> tuple[str, ResourceLimits]:
         lim = self.input_limits
@@ -174,14 +269,67 @@ class JobExecutor:
                 )
         return sha, limits
 
-    async def submit(self, req: JobRequest) -> JobDone:
-        if self._draining:
-            raise AdmissionError("SHUTTING_DOWN", "node is shutting down; not accepting jobs")
-        if self._admitted >= self.slots + self.queue_limit:
-            raise AdmissionError(
-                "BUSY",
-                f"all {self.slots} job slots and {self.queue_limit} queue places are taken",
-            )
+    async def submit(
+        self,
+        req: JobRequest,
+        *,
+        job_id: str | None = None,
+        requester_node_id: str | None = None,
+        reserved: bool = False,
+    ) -> JobDone:
+        """Admit, run, sign and store one job; returns once its receipt is committed.
+
+        `job_id`: the caller's (32 lowercase hex) instead of a random one; refused
+        if a job with that id is admitted or has a stored receipt, so one id is
+        never run twice. `requester_node_id`: the receipt's requester (default:
+        this node). `reserved`: admit on a reservation from `reserve()` instead
+        of free capacity. The reservation is used up by this call whatever
+        happens: it becomes the job's place, or is released when the job is
+        refused, including SHUTTING_DOWN (a reservation does not let a job in
+        while the node drains).
+        """
+        if reserved and self._reserved <= 0:
+            raise RuntimeError("submit(reserved=True) without a reservation")
+        try:
+            job_id, spec = await self._admit(req, job_id, requester_node_id, reserved=reserved)
+        except BaseException:
+            if reserved:
+                self._reserved -= 1
+            raise
+        if reserved:
+            self._reserved -= 1  # now counted as an admitted job instead
+        entry = _Admitted(flag=CancelFlag())
+        self._jobs[job_id] = entry
+        self._idle.clear()
+        requester = requester_node_id or self.key.node_id
+        # Shielded: a client that cancels or times out does not stop the job
+        # half-way; it still finishes, and its receipt is stored (GetReceipt).
+        task = asyncio.create_task(
+            self._execute(job_id, spec, req.module or None, entry, requester)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return await asyncio.shield(task)
+
+    async def _admit(
+        self,
+        req: JobRequest,
+        job_id: str | None,
+        requester_node_id: str | None,
+        *,
+        reserved: bool,
+    ) -> tuple[str, JobSpec]:
+        """Every admission check; the caller admits right after, with no await between."""
+        self._refuse_if_draining()
+        if not reserved and self.capacity_left <= 0:
+            raise AdmissionError("BUSY", self._busy_message())
+        try:
+            if job_id is not None:
+                check_job_id(job_id)
+            if requester_node_id:
+                check_hex64(requester_node_id, "requester_node_id")
+        except InvalidIdError as err:
+            raise AdmissionError("INVALID_REQUEST", str(err)) from err
         # Hashing a large module (up to 16 MiB, ~10 ms) must not stall the loop.
         module_sha = ""
         if len(req.module) > self.input_limits.max_module_bytes:
@@ -190,21 +338,18 @@ class JobExecutor:
             module_sha = await asyncio.to_thread(sha256_hex, req.module)
         elif req.module:
             module_sha = sha256_hex(req.module)
-        if self._draining:  # may have begun while a large module was hashed
-            raise AdmissionError("SHUTTING_DOWN", "node is shutting down; not accepting jobs")
+        self._refuse_if_draining()  # may have begun while a large module was hashed
         sha, limits = self._check_input(req, module_sha)
-        job_id = new_job_id(os.urandom(16))
+        if job_id is None:
+            job_id = new_job_id(os.urandom(16))
+        elif job_id in self._jobs:
+            raise AdmissionError("INVALID_REQUEST", f"job {job_id} is already admitted")
+        elif self.store.get(job_id) is not None:  # one indexed SQLite read
+            raise AdmissionError("INVALID_REQUEST", f"job id {job_id} already used")
         spec = JobSpec(
             module_sha256=sha, args=req.args, env=req.env, stdin=req.stdin, limits=limits
         )
-        self._admitted += 1
-        self._idle.clear()
-        # Shielded: a client that cancels or times out does not stop the job
-        # half-way; it still finishes, and its receipt is stored (GetReceipt).
-        task = asyncio.create_task(self._execute(job_id, spec, req.module or None))
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return await asyncio.shield(task)
+        return job_id, spec
 
     def _task_done(self, task: asyncio.Task[JobDone]) -> None:
         self._tasks.discard(task)
@@ -213,7 +358,14 @@ class JobExecutor:
         if err is not None and not isinstance(err, AdmissionError):
             self.log.error("job_failed", error=repr(err))
 
-    async def _execute(self, job_id: str, spec: JobSpec, module: bytes | None) -> JobDone:
+    async def _execute(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        module: bytes | None,
+        entry: _Admitted,
+        requester: str,
+    ) -> JobDone:
         # One hop out and one back: a worker thread runs, signs and queues the
         # receipt; the store's writer thread wakes the loop once it committed.
         # (run_in_executor + wrap_future would wake the loop twice per job.)
@@ -230,7 +382,7 @@ class JobExecutor:
 
         def work() -> None:
             try:
-                done = self._run_and_sign(job_id, spec, module)
+                done = self._run_and_sign(job_id, spec, module, entry, requester)
                 stored = self.store.add(
                     job_id, self._encode_envelope(done.envelope), done.receipt.finished_at_ns
                 )
@@ -247,11 +399,17 @@ class JobExecutor:
             stored.add_done_callback(committed)
 
         try:
-            self._pool.submit(work)
+            entry.work = work
+            if entry.flag.cancelled:  # cancelled before it reached the pool's queue
+                loop.run_in_executor(None, work)
+            else:
+                entry.queued = self._pool.submit(work)
             done = await result
         finally:
-            self._admitted -= 1
-            if self._admitted == 0:
+            # Only now, with its receipt committed: until then the id stays
+            # taken, so a duplicate is refused by one check or the other.
+            del self._jobs[job_id]
+            if not self._jobs:
                 self._idle.set()
         self.completed += 1
         return done
@@ -270,15 +428,23 @@ class JobExecutor:
             stdout_bytes=len(ex.stdout),
         )
 
-    def _run_and_sign(self, job_id: str, spec: JobSpec, module: bytes | None) -> JobDone:
+    def _run_and_sign(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        module: bytes | None,
+        entry: _Admitted,
+        requester: str,
+    ) -> JobDone:
         with self._running_lock:
+            entry.state = "running"
             self.running += 1
         try:
             try:
-                ex = self.sandbox.run(spec, module)
+                ex = self.sandbox.run(spec, module, entry.flag)
             except ModuleUnavailableError as err:  # evicted between admission and run
                 raise AdmissionError("MODULE_NOT_FOUND", str(err)) from err
-            if module is not None and ex.outcome not in _UNRUNNABLE:
+            if module is not None and ex.outcome not in _BYTES_NOT_KEPT:
                 # Keep the bytes for submit-by-hash only once they compiled:
                 # garbage uploads must not fill the disk.
                 self.sandbox.cache.put_module(spec.module_sha256, module)
@@ -301,7 +467,7 @@ class JobExecutor:
             limits=spec.limits,
             runtime=self.sandbox.engine.runtime,
             executor_node_id=self.key.node_id,
-            requester_node_id=self.key.node_id,
+            requester_node_id=requester,
             started_at_ns=ex.started_at_ns,
             finished_at_ns=ex.finished_at_ns,
             detail=ex.detail,

@@ -10,8 +10,14 @@ Limits and how each is enforced:
   returns -1, and a job that then fails with memory at the cap ends as
   MEMORY_LIMIT (a trap only: a guest that exits on purpose keeps its code).
 * fuel: `Config.consume_fuel`; running out traps as OUT_OF_FUEL.
-* wall time: `Config.epoch_interruption` plus one ticker thread per engine;
-  the deadline traps as TIMEOUT.
+* wall time: `Config.epoch_interruption` plus one ticker thread per engine.
+  Each store's epoch deadline is one tick ahead and has a callback
+  (`_EpochWatch`, through the C API's `wasmtime_store_epoch_deadline_callback`)
+  that runs on the job's own thread at every tick, re-arms the deadline one
+  tick further, or stops the guest: past the job's wall-clock deadline as
+  TIMEOUT; when its `CancelFlag` is set (one job) or the sandbox is shutting
+  down (`cancel_all`, every job) as CANCELLED. A job cancelled before it
+  started ends CANCELLED without being compiled or instantiated.
 * stdout/stderr: `fd_write` is provided by the sandbox itself (shadowing the
   WASI one) so bytes are counted as they are written and the guest is stopped
   the moment it crosses the cap. wasmtime's `stdout_custom` has no cap and runs
@@ -27,6 +33,10 @@ Host functions never raise: wasmtime-py keeps the last Python exception raised
 in a host function in a module global, which is not safe with several jobs
 running at once. To stop a guest they record why in thread-local state and
 set the store's fuel to zero, so the guest traps on its next instruction.
+The epoch callback is not a wasmtime-py host function but a raw ctypes one;
+it never raises either (an exception there would be printed and the guest let
+go on), and stops the guest by returning a `wasmtime_error_t`, after
+recording why in the job's state.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import ctypes
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -59,6 +70,40 @@ _IOV_MAX: Final = 1024  # as Linux: more buffers in one fd_write are EINVAL
 
 _STDOUT: Final = 1
 _STDERR: Final = 2
+
+SHUTDOWN_DETAIL: Final = "cancelled: the node is shutting down"
+
+
+class CancelFlag:
+    """A request to stop one job, set from any thread.
+
+    The job's thread polls it before the guest starts and at every epoch tick
+    while it runs; the first reason given is the one the receipt reports.
+    """
+
+    __slots__ = ("_lock", "_reason")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+
+    def cancel(self, reason: str) -> bool:
+        """Ask the job to stop. False if it was already asked."""
+        with self._lock:
+            if self._reason is not None:
+                return False
+            self._reason = reason
+            return True
+
+    @property
+    def cancelled(self) -> bool:
+        # One attribute read: cheap enough for the epoch callback, and atomic.
+        return self._reason is not None
+
+    @property
+    def reason(self) -> str:
+        """Why the job was cancelled ("" if it was not)."""
+        return self._reason or ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,6 +264,89 @@ def _set_stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
     ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
 
 
+# wasmtime_store_epoch_deadline_callback's callback, as wasmtime-py declares it
+# (ctypes caches function types, so this is the very type its argtypes expect):
+# (context, data, *epoch_deadline_delta, *update_kind) -> wasmtime_error_t*,
+# the pointer as an address: 0 (NULL) lets the guest go on.
+_EpochCallback: Final = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+)
+_NO_FINALIZER: Final = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+_UPDATE_DEADLINE_CONTINUE: Final = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+_STOP_MESSAGE: Final = b"plasm: the sandbox stopped the guest"
+
+
+class _EpochWatch:
+    """One job's epoch deadline callback: may the guest run one more tick?
+
+    wasmtime calls `check` on the thread running the job's store, whenever the
+    store's deadline (always the next tick) has passed. It keeps no reference
+    to the store, so the store, this watch and its ctypes thunk all go when the
+    job ends.
+    """
+
+    __slots__ = ("_deadline_ns", "_flag", "_limits", "_sandbox", "_state")
+
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        flag: CancelFlag | None,
+        state: _JobState,
+        limits: ResourceLimits,
+        *,
+        deadline_ns: int,
+    ) -> None:
+        self._sandbox = sandbox
+        self._flag = flag
+        self._state = state
+        self._limits = limits
+        self._deadline_ns = deadline_ns  # on the time.perf_counter_ns() clock
+
+    def check(self, context: Any, data: Any, delta: Any, kind: Any) -> int:
+        try:
+            state = self._state
+            if state.stop_reason is None:  # else a host call is already stopping the guest
+                stop = self._why_stop()
+                if stop is None:
+                    delta[0] = 1
+                    kind[0] = _UPDATE_DEADLINE_CONTINUE
+                    return 0
+                state.stop_reason, state.detail = stop
+        except BaseException:  # noqa: BLE001, S110 - never raise into wasmtime (module doc)
+            pass  # no stop_reason: the guest ends as a TRAP with the stop message
+        return _stop_error()
+
+    def _why_stop(self) -> tuple[Outcome, str] | None:
+        flag = self._flag
+        if flag is not None and flag.cancelled:
+            return Outcome.CANCELLED, flag.reason
+        if self._sandbox.cancelled:
+            return Outcome.CANCELLED, SHUTDOWN_DETAIL
+        if time.perf_counter_ns() >= self._deadline_ns:
+            return Outcome.TIMEOUT, _trap_detail(Outcome.TIMEOUT, "", self._limits)
+        return None
+
+
+def _stop_error() -> int:
+    """A new wasmtime_error_t (wasmtime takes ownership) that ends the guest."""
+    address: int | None = ctypes.cast(ffi.wasmtime_error_new(_STOP_MESSAGE), ctypes.c_void_p).value
+    return address or 0
+
+
+def _watch_epochs(store: wasmtime.Store, thunk: Callable[..., int]) -> None:
+    """Make `thunk` the store's epoch callback, first called at the next tick.
+
+    wasmtime keeps only the C function pointer: the caller keeps `thunk` (and
+    so its watch) alive until the store is closed.
+    """
+    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), thunk, None, _NO_FINALIZER)
+    store.set_epoch_deadline(1)
+
+
 _TRAP_OUTCOMES: Final[dict[wasmtime.TrapCode, Outcome]] = {
     wasmtime.TrapCode.OUT_OF_FUEL: Outcome.OUT_OF_FUEL,
     wasmtime.TrapCode.INTERRUPT: Outcome.TIMEOUT,
@@ -237,13 +365,28 @@ class Sandbox:
         """Stop every running guest now (shutdown): they end as CANCELLED.
 
         A Store may only be touched by the thread running it, but the engine's
-        epoch is shared and thread-safe: advancing it past every deadline
-        interrupts all guests at their next loop header or call.
+        epoch is shared and thread-safe: advancing it runs every store's epoch
+        callback at its guest's next loop header or call, which sees
+        `cancelled` and stops it. Jobs that have not started yet never will.
         """
         self.cancelled = True
         self.engine.expire_all_deadlines()
 
-    def run(self, spec: JobSpec, module_bytes: bytes | None) -> Execution:
+    def run(
+        self, spec: JobSpec, module_bytes: bytes | None, cancel: CancelFlag | None = None
+    ) -> Execution:
+        """Compile (or find) and run one job; `cancel` stops this job alone."""
+        stopped = _cancelled_before_start(self, cancel)
+        if stopped is not None:  # queued, then cancelled: not even compiled
+            return self._finish(
+                spec,
+                time.time_ns(),
+                time.perf_counter_ns(),
+                outcome=Outcome.CANCELLED,
+                detail=stopped,
+                state=_JobState(max_stdout=0, max_stderr=0),
+                fuel_left=spec.limits.max_fuel,
+            )
         compiled = self.cache.get_or_compile(spec.module_sha256, module_bytes)
         # Wall time covers instantiation and execution, not compiling.
         started_ns = time.time_ns()
@@ -258,23 +401,33 @@ class Sandbox:
                 state=_JobState(max_stdout=0, max_stderr=0),
                 fuel_left=spec.limits.max_fuel,
             )
-        return self._execute(spec, compiled, started_ns, t0)
+        return self._execute(spec, compiled, started_ns, t0, cancel)
 
     def _execute(
-        self, spec: JobSpec, compiled: CompiledModule, started_ns: int, t0: int
+        self,
+        spec: JobSpec,
+        compiled: CompiledModule,
+        started_ns: int,
+        t0: int,
+        cancel: CancelFlag | None,
     ) -> Execution:
         limits = spec.limits
         state = _JobState(max_stdout=limits.max_stdout_bytes, max_stderr=limits.max_stderr_bytes)
-        if self.cancelled:  # queued behind a shutdown: never started
+        stopped = _cancelled_before_start(self, cancel)
+        if stopped is not None:  # cancelled while it compiled: never started
             return self._finish(
                 spec,
                 started_ns,
                 t0,
                 outcome=Outcome.CANCELLED,
-                detail="cancelled: the node is shutting down",
+                detail=stopped,
                 state=state,
                 fuel_left=limits.max_fuel,
             )
+        watch = _EpochWatch(
+            self, cancel, state, limits, deadline_ns=t0 + limits.timeout_ms * 1_000_000
+        )
+        thunk: Callable[..., int] = _EpochCallback(watch.check)
         store = wasmtime.Store(self.engine.engine)
         outcome = Outcome.SUCCESS
         trap_code = ""
@@ -283,6 +436,7 @@ class Sandbox:
         fuel_left = limits.max_fuel
         _current.job = state
         try:
+            _watch_epochs(store, thunk)
             store.set_limits(
                 memory_size=limits.max_memory_bytes,
                 table_elements=self.engine.settings.max_table_elements,
@@ -291,7 +445,6 @@ class Sandbox:
                 tables=4,
             )
             store.set_fuel(limits.max_fuel)
-            store.set_epoch_deadline(self.engine.ticks_for(limits.timeout_ms))
             wasi = wasmtime.WasiConfig()
             wasi.argv = list(spec.args)
             wasi.env = [list(kv) for kv in spec.env]
@@ -316,10 +469,14 @@ class Sandbox:
                 # raises ExitTrap here: an exit is a stop_reason, handled below.
                 outcome, detail = _classify_error(str(err))
             if state.stop_reason is not None:
-                # The guest was stopped on purpose by a host call (exit or
-                # output cap); the fuel trap that followed is not its outcome.
+                # The guest was stopped on purpose by a host call (exit or output
+                # cap: fuel taken, fuel_at_stop kept) or by the epoch callback
+                # (timeout or cancel: fuel untouched); the trap or error that
+                # followed is not its outcome.
                 outcome, trap_code, detail = state.stop_reason, "", state.detail
-                fuel_left = state.fuel_at_stop if state.fuel_at_stop is not None else 0
+                fuel_left = (
+                    state.fuel_at_stop if state.fuel_at_stop is not None else _fuel_left(store)
+                )
             else:
                 fuel_left = _fuel_left(store)
             if outcome is Outcome.TRAP and _memory_at_cap(store, memory, limits.max_memory_bytes):
@@ -328,12 +485,10 @@ class Sandbox:
                 outcome = Outcome.MEMORY_LIMIT
                 detail = f"linear memory reached its limit of {limits.max_memory_bytes} bytes"
                 trap_code = ""
-            if outcome is Outcome.TIMEOUT and self.cancelled:
-                outcome = Outcome.CANCELLED
-                detail = "cancelled: the node is shutting down"
         finally:
             _current.job = None
-            store.close()
+            store.close()  # no more callbacks from here on
+            del thunk, watch
         return self._finish(
             spec,
             started_ns,
@@ -370,6 +525,15 @@ class Sandbox:
             started_at_ns=started_ns,
             finished_at_ns=started_ns + elapsed_ns,
         )
+
+
+def _cancelled_before_start(sandbox: Sandbox, cancel: CancelFlag | None) -> str | None:
+    """Why a job that has not started must not start (None: it may)."""
+    if cancel is not None and cancel.cancelled:
+        return cancel.reason
+    if sandbox.cancelled:  # queued behind a shutdown
+        return SHUTDOWN_DETAIL
+    return None
 
 
 def _trap_detail(outcome: Outcome, trap_code: str, limits: ResourceLimits) -> str:
@@ -422,4 +586,4 @@ def _export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> An
     return wrap_extern(item) if found else None
 
 
-__all__ = ["Execution", "JobSpec", "Sandbox", "make_linker"]
+__all__ = ["CancelFlag", "Execution", "JobSpec", "Sandbox", "make_linker"]
