@@ -261,11 +261,6 @@ def test_per_requester_is_the_floor_of_the_share_and_at_least_one(
     assert replace(POLICY, capacity=capacity, max_share=share).per_requester == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="per_requester floors the float product capacity * max_share, e.g. 100 * 0.29 "
-    "== 28.999999999999996, so a configured share of 0.29 of 100 places gives 28, not 29",
-)
 @pytest.mark.parametrize(("capacity", "share", "expected"), [(100, 0.29, 29), (100, 0.57, 57)])
 def test_per_requester_is_exact_for_decimal_shares(
     capacity: int, share: float, expected: int

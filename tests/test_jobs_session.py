@@ -570,12 +570,6 @@ def test_a_local_refusal_is_the_answer() -> None:
     assert s.attempts[0].finished == T0 + 0.25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="local_refused keeps the may_have_run=True that _local set, though this node "
-    "refused the job (it never ran); JobAttempt.may_have_run says 'True when the job had "
-    "been sent to the worker'",
-)
 def test_a_local_refusal_did_not_run_the_job() -> None:
     s = make(PlacementMode.LOCAL)
     s.start(T0)
@@ -958,12 +952,6 @@ def test_rank_puts_saturated_workers_last_whatever_their_rtt() -> None:
     assert _order(ranked) == [nid(1), nid(2)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rank() treats a record with 0 free slots as having 1 (max(free_slots, 1)), so a "
-    "worker that advertised it is full ranks as 'not expected to be full' (docstring point "
-    "1) and, connected, goes before an idle unconnected worker",
-)
 def test_rank_expects_a_worker_advertising_no_free_slot_to_be_full() -> None:
     busy = cand(1, free=0)
     idle = cand(2, free=4)
@@ -1004,8 +992,7 @@ def test_rank_orders_full_ties_by_the_salted_hash() -> None:
 
 @FAST
 @given(
-    # 0 free slots is the disputed case (see the xfail above): left out here.
-    frees=st.lists(st.integers(1, 4), min_size=1, max_size=6),
+    frees=st.lists(st.integers(0, 4), min_size=1, max_size=6),
     ours=st.lists(st.integers(0, 5), min_size=6, max_size=6),
     rtts=st.lists(st.none() | st.floats(0.001, 1.0), min_size=6, max_size=6),
     salt=st.binary(max_size=8),

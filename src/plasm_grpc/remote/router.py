@@ -31,6 +31,7 @@ import contextlib
 import os
 import platform
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -92,6 +93,7 @@ _HASH_INLINE_BYTES: Final = 256 * 1024
 _MAX_DETAIL: Final = 300  # a peer's text in our events and errors
 _WORKERS_LOOKED_UP: Final = 20
 _ENDED_REMEMBERED: Final = 4096
+_HOLDS_REMEMBERED: Final = 65536
 _UNRUNNABLE: Final = frozenset(
     {Outcome.INVALID_MODULE, Outcome.UNKNOWN_IMPORT, Outcome.COMPILE_LIMIT}
 )
@@ -129,6 +131,15 @@ class _Job:
     lease_id: str = ""
     counted: str = ""  # the worker whose in-flight count this job holds
     result: RoutedJob | None = None
+    # A JobRun sent right behind the offer (the worker was known to hold the module).
+    pipelined: asyncio.Future[bytes] | None = None
+
+    def drop_pipelined(self) -> None:
+        """Abandon a pipelined JobRun that will not be used (it is refused or cancelled)."""
+        if self.pipelined is not None:
+            if not self.pipelined.done():
+                self.pipelined.cancel()
+            self.pipelined = None
 
 
 class JobRouter:
@@ -160,6 +171,8 @@ class JobRouter:
         self._in_flight: dict[str, int] = {}
         self._distrusted: dict[str, float] = {}
         self._workers: dict[str, tuple[float, list[PeerRecord]]] = {}
+        # (worker, module sha256) pairs the worker was seen to hold, newest last.
+        self._holds: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._draining = False
         self._background: set[asyncio.Future[None]] = set()
 
@@ -268,6 +281,7 @@ class JobRouter:
                 else:  # Wait, CancelRemote, CancelLocal, AbortPending come from cancel()
                     raise AssertionError(f"unexpected action {action!r}")
         finally:
+            entry.drop_pipelined()
             self._uncount(entry)
             self._publish(session)
 
@@ -485,43 +499,93 @@ class JobRouter:
             )
         offer = self._offer_pb(entry)
         left = max(0.001, session.deadline - self._clock())
-        try:
-            reply = await connection.request(
-                OFFER_METHOD, offer.SerializeToString(), min(action.timeout_s, left)
+        offered = asyncio.ensure_future(
+            connection.request(OFFER_METHOD, offer.SerializeToString(), min(action.timeout_s, left))
+        )
+        if (c.node_id, entry.module_sha256) in self._holds:
+            # One round trip instead of two: the JobRun goes right behind the
+            # offer (the worker handles them in order; see JobRun.lease_id).
+            entry.pipelined = asyncio.ensure_future(
+                connection.request(RUN_METHOD, self._run_pb(entry, send_module=False), left)
             )
+            entry.pipelined.add_done_callback(_retrieve)
+        sent = entry.pipelined is not None
+        try:
+            reply = await offered
         except TimeoutError:
+            entry.drop_pipelined()
             return session.attempt_failed(
-                AttemptResult.TIMEOUT, "no answer to the offer in time", self._clock()
+                AttemptResult.TIMEOUT,
+                "no answer to the offer in time",
+                self._clock(),
+                may_have_run=sent,
             )
         except ConnectionClosedError as err:
+            entry.drop_pipelined()
             return session.attempt_failed(
-                AttemptResult.DISCONNECTED, _clip(err.reason), self._clock()
+                AttemptResult.DISCONNECTED, _clip(err.reason), self._clock(), may_have_run=sent
             )
         except RemoteCallError as err:
+            entry.drop_pipelined()
             return session.attempt_failed(
                 AttemptResult.ERROR, f"the worker refused: {_clip(str(err))}", self._clock()
             )
+        except BaseException:  # cancelled (the job was): nothing may be left running
+            entry.drop_pipelined()
+            offered.cancel()
+            raise
+        return self._answered(entry, c, reply)
+
+    def _answered(self, entry: _Job, c: Candidate, reply: bytes) -> Action:
+        session = entry.session
         response = job_pb2.JobResponse()
         try:
             response.ParseFromString(reply)
         except DecodeError:
+            entry.drop_pipelined()
             return session.attempt_failed(
                 AttemptResult.ERROR, "malformed answer to the offer", self._clock()
             )
         if response.HasField("accept"):
             accept = response.accept
             if accept.job_id != session.job_id or not accept.lease_id:
+                entry.drop_pipelined()
                 return session.attempt_failed(
                     AttemptResult.ERROR, "the acceptance names another job", self._clock()
                 )
             entry.lease_id = accept.lease_id[: messages.MAX_TEXT]
+            key = (c.node_id, entry.module_sha256)
+            if accept.has_module:
+                self._remember_hold(key)
+            else:
+                self._holds.pop(key, None)
             size = len(entry.module) if entry.module is not None else 0
             return session.accepted(accept.has_module, size, self._clock())
+        entry.drop_pipelined()
         if response.HasField("decline"):
             return self._declined(entry, c.node_id, response)
         return session.attempt_failed(
             AttemptResult.ERROR, "an empty answer to the offer", self._clock()
         )
+
+    def _remember_hold(self, key: tuple[str, str]) -> None:
+        self._holds[key] = None
+        self._holds.move_to_end(key)
+        while len(self._holds) > _HOLDS_REMEMBERED:
+            self._holds.popitem(last=False)
+
+    def _run_pb(self, entry: _Job, *, send_module: bool) -> bytes:
+        job = entry.request
+        run = job_pb2.JobRun(
+            job_id=entry.session.job_id,
+            lease_id=entry.lease_id,
+            module=entry.module if send_module and entry.module else b"",
+            args=job.args,
+            stdin=job.stdin,
+        )
+        for name, value in job.env:
+            run.env.add(name=name, value=value)
+        return run.SerializeToString()
 
     def _offer_pb(self, entry: _Job) -> job_pb2.JobOffer:
         session, job = entry.session, entry.request
@@ -582,19 +646,22 @@ class JobRouter:
             return session.attempt_failed(
                 AttemptResult.DISCONNECTED, "the connection closed after the offer", self._clock()
             )
-        job = entry.request
-        run = job_pb2.JobRun(
-            job_id=session.job_id,
-            lease_id=entry.lease_id,
-            module=entry.module if action.send_module and entry.module else b"",
-            args=job.args,
-            stdin=job.stdin,
-        )
-        for name, value in job.env:
-            run.env.add(name=name, value=value)
-        call = asyncio.ensure_future(
-            connection.request(RUN_METHOD, run.SerializeToString(), max(action.timeout_s, 0.001))
-        )
+        if entry.pipelined is not None:
+            call = entry.pipelined
+            entry.pipelined = None
+            if action.send_module:  # the worker lost the module: the pipelined run fails
+                call.cancel()
+                return session.attempt_failed(
+                    AttemptResult.ERROR, "the worker no longer holds the module", self._clock()
+                )
+        else:
+            call = asyncio.ensure_future(
+                connection.request(
+                    RUN_METHOD,
+                    self._run_pb(entry, send_module=action.send_module),
+                    max(action.timeout_s, 0.001),
+                )
+            )
         try:
             gone = await self._watch_worker(entry, connection, call)
         finally:
@@ -637,6 +704,7 @@ class JobRouter:
             return session.attempt_failed(
                 AttemptResult.BAD_RECEIPT, "an unknown outcome", self._clock()
             )
+        self._remember_hold((c.node_id, entry.module_sha256))
         await self._store(session.job_id, result)
         cache = self.executor.sandbox.cache
         if (
@@ -821,3 +889,9 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, TimeoutError):
         return "timed out"
     return _clip(str(err) or type(err).__name__)
+
+
+def _retrieve(future: asyncio.Future[bytes]) -> None:
+    """Collect a pipelined JobRun's outcome when nobody awaits it (declined, cancelled)."""
+    if not future.cancelled():
+        future.exception()

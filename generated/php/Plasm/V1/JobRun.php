@@ -23,7 +23,12 @@ class JobRun extends \Google\Protobuf\Internal\Message
      */
     protected $job_id = '';
     /**
-     * From the JobAccept.
+     * From the JobAccept. Empty: the lease this requester holds for job_id.
+     * That lets a requester that knows the worker holds the module send the
+     * JobRun right behind its JobOffer, on the same connection, without
+     * waiting for the JobAccept: the worker handles them in order, so a
+     * declined offer leaves the JobRun without a lease (it is refused and the
+     * requester acts on the signed decline), and an accepted one runs it.
      *
      * Generated from protobuf field <code>string lease_id = 2;</code>
      */
@@ -57,7 +62,12 @@ class JobRun extends \Google\Protobuf\Internal\Message
      *
      *     @type string $job_id
      *     @type string $lease_id
-     *           From the JobAccept.
+     *           From the JobAccept. Empty: the lease this requester holds for job_id.
+     *           That lets a requester that knows the worker holds the module send the
+     *           JobRun right behind its JobOffer, on the same connection, without
+     *           waiting for the JobAccept: the worker handles them in order, so a
+     *           declined offer leaves the JobRun without a lease (it is refused and the
+     *           requester acts on the signed decline), and an accepted one runs it.
      *     @type string $module
      *           The module bytes; empty when the JobAccept said has_module.
      *     @type array<string>|\Google\Protobuf\Internal\RepeatedField $args
@@ -94,7 +104,12 @@ class JobRun extends \Google\Protobuf\Internal\Message
     }
 
     /**
-     * From the JobAccept.
+     * From the JobAccept. Empty: the lease this requester holds for job_id.
+     * That lets a requester that knows the worker holds the module send the
+     * JobRun right behind its JobOffer, on the same connection, without
+     * waiting for the JobAccept: the worker handles them in order, so a
+     * declined offer leaves the JobRun without a lease (it is refused and the
+     * requester acts on the signed decline), and an accepted one runs it.
      *
      * Generated from protobuf field <code>string lease_id = 2;</code>
      * @return string
@@ -105,7 +120,12 @@ class JobRun extends \Google\Protobuf\Internal\Message
     }
 
     /**
-     * From the JobAccept.
+     * From the JobAccept. Empty: the lease this requester holds for job_id.
+     * That lets a requester that knows the worker holds the module send the
+     * JobRun right behind its JobOffer, on the same connection, without
+     * waiting for the JobAccept: the worker handles them in order, so a
+     * declined offer leaves the JobRun without a lease (it is refused and the
+     * requester acts on the signed decline), and an accepted one runs it.
      *
      * Generated from protobuf field <code>string lease_id = 2;</code>
      * @param string $var

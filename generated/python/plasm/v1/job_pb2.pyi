@@ -468,7 +468,13 @@ class JobRun(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     lease_id: _builtins.str
-    """From the JobAccept."""
+    """From the JobAccept. Empty: the lease this requester holds for job_id.
+    That lets a requester that knows the worker holds the module send the
+    JobRun right behind its JobOffer, on the same connection, without
+    waiting for the JobAccept: the worker handles them in order, so a
+    declined offer leaves the JobRun without a lease (it is refused and the
+    requester acts on the signed decline), and an accepted one runs it.
+    """
     module: _builtins.bytes
     """The module bytes; empty when the JobAccept said has_module."""
     stdin: _builtins.bytes

@@ -64,7 +64,8 @@ class WorkerPolicy:
 
     @property
     def per_requester(self) -> int:
-        return max(1, math.floor(self.capacity * self.max_share))
+        # The epsilon: 100 * 0.29 is 28.999999999999996 in binary floating point.
+        return max(1, math.floor(self.capacity * self.max_share + 1e-9))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,12 +203,14 @@ class LeaseBook:
     def take(self, job_id: str, lease_id: str, requester_node_id: str) -> Lease:
         """The lease a JobRun names, removed from the book; raises LeaseError.
 
-        Call `expire(now)` first: an expired lease is then simply not there.
+        An empty `lease_id` takes the lease the requester holds for `job_id`
+        (a JobRun pipelined behind its JobOffer). Call `expire(now)` first:
+        an expired lease is then simply not there.
         """
         lease = self._by_job.get(job_id)
         if lease is None or lease.requester_node_id != requester_node_id:
-            raise LeaseError(f"no lease for job {job_id} (never granted, or expired)")
-        if lease.lease_id != lease_id:
+            raise LeaseError(f"no lease for job {job_id} (never granted, declined, or expired)")
+        if lease_id and lease.lease_id != lease_id:
             raise LeaseError(f"lease {lease_id!r} does not match the one granted for {job_id}")
         self._remove(lease)
         return lease

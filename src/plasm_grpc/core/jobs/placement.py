@@ -67,7 +67,7 @@ def rank(
     def key(c: Candidate) -> tuple[bool, int, float, int, bytes]:
         ours = in_flight.get(c.node_id, 0)
         return (
-            ours >= max(c.free_slots, 1),
+            ours >= c.free_slots,
             ours,
             rtt.get(c.node_id, math.inf),
             -c.free_slots,

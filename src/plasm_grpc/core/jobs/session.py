@@ -147,7 +147,7 @@ Action = (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionSettings:
-    max_attempts: int = 5  # workers offered to, the local fallback included
+    max_attempts: int = 5  # workers offered to; the local fallback comes on top
     offer_timeout_s: float = 2.0
     search_timeout_s: float = 5.0
     fallback_local: bool = True  # AUTO: run here when no worker takes the job
@@ -307,9 +307,14 @@ class JobSession:
         self._progress.add(kind)
         self._emit(kind, now, attempt=self.attempts[-1])
 
-    def attempt_failed(self, result: AttemptResult, detail: str, now: float) -> Action:
+    def attempt_failed(
+        self, result: AttemptResult, detail: str, now: float, *, may_have_run: bool = False
+    ) -> Action:
+        """`may_have_run`: the job may have reached the worker even before an
+        acceptance arrived (a JobRun pipelined behind the offer)."""
         self._enter("attempt_failed")
         attempt = self._close(now, result, detail)
+        attempt.may_have_run = attempt.may_have_run or may_have_run
         self._emit(
             EventKind.ATTEMPT_FAILED,
             now,
@@ -340,7 +345,7 @@ class JobSession:
     def local_refused(self, reason: str, message: str, now: float) -> Action:
         """This node refused to run the job (its admission control): that is the answer."""
         self._enter("local_refused")
-        self._close(now, AttemptResult.ERROR, message)
+        self._close(now, AttemptResult.ERROR, message).may_have_run = False  # it never ran
         return self._fail(now, reason, message)
 
     def cancel(self, now: float) -> Action:
