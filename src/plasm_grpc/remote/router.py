@@ -32,7 +32,7 @@ import os
 import platform
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -329,10 +329,15 @@ class JobRouter:
                     may_have_run=event.may_have_run,
                 )
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.warning("job_background_failed", error=repr(task.exception()))
 
     # -- the module ------------------------------------------------------------------------
 
@@ -712,8 +717,9 @@ class JobRouter:
             and outcome not in _UNRUNNABLE
             and not cache.has_module(entry.module_sha256)
         ):
-            # It ran: keep it so the client may resubmit by hash (as for a local job).
-            await asyncio.to_thread(cache.put_module, entry.module_sha256, entry.module)
+            # It ran: keep it so the client may resubmit by hash (as for a local
+            # job). A cache, so off the answer's path.
+            self._spawn(asyncio.to_thread(cache.put_module, entry.module_sha256, entry.module))
         entry.result = RoutedJob(
             result=result, executor_node_id=c.node_id, attempts=session.attempts
         )
