@@ -213,9 +213,14 @@ def capabilities_from_pb(msg: capability_pb2.Capabilities) -> Capabilities:
 def _timestamp(seconds: float) -> Timestamp:
     if not math.isfinite(seconds) or not 0 <= seconds <= _MAX_TIMESTAMP_SECONDS:
         raise ValueError(f"a timestamp must be within years 1970..9999, got {seconds!r}")
-    ts = Timestamp()
-    ts.FromNanoseconds(round(seconds * _NANOS))
-    return ts
+    # Whole seconds and the fraction apart: seconds * 1e9 as one float loses
+    # the last nanoseconds of a date (the spacing there is 128 ns), and the
+    # decoded time would not be the one signed.
+    whole = math.floor(seconds)
+    nanos = round((seconds - whole) * _NANOS)
+    if nanos == _NANOS:
+        whole, nanos = whole + 1, 0
+    return Timestamp(seconds=whole, nanos=nanos)
 
 
 def _seconds(ts: Timestamp, field: str) -> float:
