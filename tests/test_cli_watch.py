@@ -462,46 +462,110 @@ def test_submit_json_names_the_executor_and_its_attempts(node: Daemon, wasm: Was
         "--stdin",
         "abc",
         "--json",
-        "--job-id",
-        "ab" * 16,
         "--placement",
         "local",
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["stdout"] == "cba"
-    assert isinstance(out["attempts"], list)
-    assert out["executorNodeId"] in ("", node.node_id)  # "" until Submit reports it
+    assert out["executorNodeId"] == node.node_id
+    assert [a["result"] for a in out["attempts"]] == ["ATTEMPT_RESULT_COMPLETED"]
+    assert out["attempts"][0]["nodeId"] == node.node_id
+    assert "expected_executor" in {c["name"] for c in out["verification"]["checks"]}
 
 
-def test_ctrl_c_during_submit_asks_the_node_to_cancel(node: Daemon, wasm: WasmModules) -> None:
+def test_a_finished_job_can_be_watched_and_is_not_cancelled(
+    node: Daemon, wasm: WasmModules
+) -> None:
+    job_id = "ab" * 16
+    submitted = run_cli(
+        "--addr", node.addr, "submit", str(wasm.path("hello")), "--job-id", job_id, "--quiet"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+
+    watched = run_cli("--addr", node.addr, "watch", job_id, "--json")
+    assert watched.returncode == 0, watched.stderr
+    events = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert {e["jobId"] for e in events} == {job_id}
+    assert events[0]["kind"] == "JOB_EVENT_KIND_SUBMITTED"
+    assert events[-1]["kind"] == "JOB_EVENT_KIND_FINISHED"
+    assert events[-1]["nodeId"] == node.node_id
+    assert events[-1]["outcome"] == "OUTCOME_SUCCESS"
+
+    shown = run_cli("--addr", node.addr, "watch", job_id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"finished on {node.node_id[:16]}…" in shown.stdout
+    assert "success" in shown.stdout.splitlines()[-1]
+
+    cancelled = run_cli("--addr", node.addr, "cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "had already ended" in cancelled.stdout
+
+
+def spawn_cli(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "PLASM_ADDR"}
     env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"})
-    proc = subprocess.Popen(
-        [
-            *plasm_command(),
-            "--addr",
-            node.addr,
-            "submit",
-            str(wasm.path("infinite_loop")),
-            "--timeout-ms",
-            "3000",  # ends it anyway, inside the CLI's wait, should the node not cancel
-            "--placement",
-            "local",
-        ],
+    return subprocess.Popen(
+        [*plasm_command(), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
     try:
-        wait_until(lambda: node.node_info().jobs_running == 1, 20, what="the job to run")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        return proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_plasm_cancel_stops_a_running_job_that_plasm_watch_follows(
+    node: Daemon, wasm: WasmModules
+) -> None:
+    job_id = "cd" * 16
+    loop = str(wasm.path("infinite_loop"))
+    submit = spawn_cli("--addr", node.addr, "submit", loop, "--job-id", job_id, "--quiet")
+    watch = spawn_cli("--addr", node.addr, "watch", job_id, "--json")
+    try:
+        wait_until(lambda: node.node_info().jobs_running == 1, 20, what="the job to run")
+        cancel = run_cli("--addr", node.addr, "cancel", job_id)
+        assert cancel.returncode == 0, cancel.stderr
+        assert f"cancelling job {job_id}" in cancel.stdout
+        watch_out, watch_err = finish(watch)
+        _, submit_err = finish(submit)
+    finally:
+        for proc in (submit, watch):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert watch.returncode == EXIT_JOB_FAILED, watch_err  # as submit exits for "cancelled"
+    kinds = [json.loads(line)["kind"] for line in watch_out.splitlines()]
+    assert "JOB_EVENT_KIND_CANCEL_REQUESTED" in kinds
+    assert kinds[-1] == "JOB_EVENT_KIND_FINISHED"
+    assert json.loads(watch_out.splitlines()[-1])["outcome"] == "OUTCOME_CANCELLED"
+    assert submit.returncode == EXIT_JOB_FAILED, submit_err
+    assert "cancelled" in submit_err
+
+
+@pytest.mark.parametrize("watch", ["--watch", "--no-watch"])
+def test_ctrl_c_during_submit_cancels_the_job(node: Daemon, wasm: WasmModules, watch: str) -> None:
+    loop = str(wasm.path("infinite_loop"))
+    proc = spawn_cli("--addr", node.addr, "submit", loop, "--placement", "local", watch)
+    try:
+        wait_until(lambda: node.node_info().jobs_running == 1, 20, what="the job to run")
+        proc.send_signal(signal.SIGINT)
+    finally:
+        _, err = finish(proc)
     assert "Traceback" not in err
-    assert "cancel" in err
-    assert proc.returncode == EXIT_JOB_FAILED, err  # cancelled (or timed out)
+    assert "the node stops it and stores its receipt" in " ".join(err.split())
+    assert "job ended: cancelled" in err
+    if watch == "--watch":
+        assert "cancel requested" in err
+        finished = [line for line in err.splitlines() if "#1 finished on" in line]
+        assert finished, err
+        assert finished[0].endswith(": cancelled")
+    assert proc.returncode == EXIT_JOB_FAILED, err
