@@ -11,6 +11,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ import pytest
 from conftest import Daemon, DaemonFactory, WasmModules, wait_until
 from google.protobuf.timestamp_pb2 import Timestamp
 from plasm.v1 import capability_pb2, errors_pb2, job_pb2, receipt_pb2, service_pb2
+from test_cli_untrusted_text import evil_receipt
 from test_daemon_lifecycle import plasm_command, run_cli
 
 from plasm_grpc.cli import main as cli
@@ -213,6 +215,16 @@ def test_untrusted_text_cannot_drive_the_terminal() -> None:
     assert "\n" not in "".join(lines)
     assert lines[1] == "  #1 declined by \\x1b[31mzzzzzzzzzzzzzzz… (99: " + printable(evil) + ")"
     assert lines[0] == f"job {JOB}: event 77"
+
+
+def test_terminal_escapes_in_a_signed_receipt_are_shown_escaped(tmp_path: Path) -> None:
+    path = evil_receipt(tmp_path, detail="\x1b[2Jgone\u202e", trap_code="\x1b]0;owned\x07")
+    proc = run_cli("verify", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stderr
+    assert "\u202e" not in proc.stderr
+    assert "\\x1b[2Jgone\\u202e" in proc.stderr
+    assert "\\x1b]0;owned\\x07" in proc.stderr
 
 
 def test_attempts_are_summarised_only_when_there_is_something_to_tell() -> None:

@@ -201,6 +201,15 @@ def short(text: str) -> str:
     return _HEX64.sub(r"\1…", text)
 
 
+def printable(text: str, limit: int = 300) -> str:
+    """`text` on one line with control and format characters escaped (`\\x1b`),
+    cut to `limit` characters: a peer's words can't move the cursor, recolour
+    or hide what the terminal shows."""
+    cut = text[:limit]
+    safe = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in cut)
+    return safe + "…" if len(text) > limit else safe
+
+
 def show_verification(result: VerifyResult) -> None:
     table = Table(title="receipt verification", show_header=True, title_justify="left")
     table.add_column("check")
@@ -210,7 +219,9 @@ def show_verification(result: VerifyResult) -> None:
         # Receipt and server text is data, never markup (a signed "detail" could
         # otherwise restyle or hide what the verifier shows).
         table.add_row(
-            Text(c.name), "[green]ok[/]" if c.passed else "[red]FAILED[/]", Text(short(c.detail))
+            Text(printable(c.name)),
+            "[green]ok[/]" if c.passed else "[red]FAILED[/]",
+            Text(short(printable(c.detail, 4096))),
         )
     err_console.print(table)
     if result.valid:
@@ -242,7 +253,7 @@ def show_body(body: receipt_pb2.ReceiptBody, title: str = "receipt") -> None:
         ("finished", body.finished_at.ToJsonString()),
     ]
     for k, v in rows:
-        table.add_row(k, Text(short(v)))
+        table.add_row(k, Text(short(printable(v, 4096))))
     err_console.print(table)
 
 
@@ -250,15 +261,6 @@ def show_body(body: receipt_pb2.ReceiptBody, title: str = "receipt") -> None:
 #
 # Everything a node relays from peers (details, reasons, node ids) is untrusted:
 # it goes through `printable` and is shown as `Text`, never as markup.
-
-
-def printable(text: str, limit: int = 300) -> str:
-    """`text` on one line with control and format characters escaped (`\\x1b`),
-    cut to `limit` characters: a peer's words can't move the cursor, recolour
-    or hide what the terminal shows."""
-    cut = text[:limit]
-    safe = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in cut)
-    return safe + "…" if len(text) > limit else safe
 
 
 def node_label(node_id: str) -> str:
@@ -952,7 +954,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         else:
             for c in response.checks:
                 mark = "[green]ok[/]" if c.passed else "[red]FAILED[/]"
-                err_console.print(f"{mark} {escape(c.name)}: {escape(c.detail)}")
+                name, detail = printable(c.name), printable(c.detail, 4096)
+                err_console.print(f"{mark} {escape(name)}: {escape(detail)}")
             err_console.print("[green]valid[/]" if response.valid else "[red]NOT valid[/]")
         return 0 if response.valid else EXIT_UNVERIFIED
     result = verify_receipt(
@@ -1078,11 +1081,11 @@ def _peer_table(title: str, peers: Any) -> None:
         else:
             arch = runtime = memory = slots = "?"
         table.add_row(
-            Text(short(p.node_id)),
-            Text(p.address),
+            Text(short(printable(p.node_id, 64))),
+            Text(printable(p.address)),
             rtt,
-            Text(arch),
-            Text(runtime),
+            Text(printable(arch)),
+            Text(printable(runtime)),
             memory,
             slots,
         )
