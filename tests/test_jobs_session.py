@@ -437,9 +437,19 @@ def test_a_passed_deadline_fails_even_with_candidates_and_fallback_left() -> Non
     s = offering(cand(1), cand(2), timeout_s=3.0)
     action = s.declined(DeclineReason.BUSY, "full", T0 + 3.0)
     assert action == Fail(
-        error_reason="NO_WORKER", message="the deadline passed before a worker ran the job"
+        error_reason="DEADLINE_EXCEEDED",
+        message=f"the deadline passed before a result came back: {nid(1)[:16]}… declined "
+        "(BUSY): full",
     )
     assert len(s.attempts) == 1
+    # A job that was sent when the deadline passed: the client is told where it may have run.
+    s = offering(cand(1), cand(2), timeout_s=3.0)
+    s.accepted(True, 0, T0 + 1.0)
+    action = s.attempt_failed(AttemptResult.TIMEOUT, "no result in time", T0 + 3.0)
+    assert isinstance(action, Fail)
+    assert action.error_reason == "DEADLINE_EXCEEDED"
+    assert nid(1)[:16] in action.message
+    assert "it may have run the job" in action.message
     s = make(timeout_s=1.0)
     s.start(T0)
     assert isinstance(s.candidates_found([cand(1)], T0 + 1.5), Fail)

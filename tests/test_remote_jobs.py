@@ -561,6 +561,10 @@ def test_a_worker_whose_receipt_does_not_match_its_output_is_caught_and_not_trus
         events = _history(a, auto_id)
         assert e.node_id not in {ev.node_id for ev in events}
         assert e.node_id[:12] not in " ".join(ev.detail for ev in events)
+    # Named explicitly, E is refused before any offer: the client is told why.
+    code, reason, details = rpc_error(lambda: _run(a, hello, _job_id(), placement=_peer(e.node_id)))
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "ERROR_REASON_NO_WORKER")
+    assert "not trusted" in details, details
     assert len(e.events("job_finished")) == ran_on_e
 
 
@@ -706,12 +710,6 @@ def test_a_job_whose_client_deadline_passes_is_stopped_on_the_worker(
     assert events[-1].kind == E.JOB_EVENT_KIND_FAILED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: JobSession._next fails a job whose deadline passed with 'the deadline "
-    "passed before a worker ran the job', dropping the attempts (here: B ran it and may "
-    "have a result), so the client is not told where its job ran",
-)
 def test_a_client_whose_deadline_passed_is_told_where_its_job_may_have_run(
     net: list[Daemon], wasm: WasmModules
 ) -> None:

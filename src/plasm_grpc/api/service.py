@@ -78,6 +78,7 @@ _STATUS: Final[dict[str, grpc.StatusCode]] = {
     "NO_WORKER": grpc.StatusCode.UNAVAILABLE,
     "JOB_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "CANCELLED": grpc.StatusCode.CANCELLED,
+    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 # Every reason above must be a plasm.v1.ErrorReason value (checked at import).
 for _reason in _STATUS:

@@ -396,6 +396,12 @@ class JobRouter:
     async def _find_peer(self, node_id: str, timeout: float) -> tuple[list[Candidate], str]:
         assert self.overlay is not None
         assert self.dht is not None
+        if self._is_distrusted(node_id):
+            left = self._distrusted[node_id] - self._clock()
+            return [], (
+                f"peer {node_id} is not trusted for another {left:.0f} s: a result it "
+                "returned did not check out"
+            )
         connection = self.overlay.connection_to(node_id)
         if connection is not None:
             host, port = str(connection.address[0]), int(connection.address[1])

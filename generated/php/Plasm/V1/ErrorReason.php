@@ -129,6 +129,13 @@ class ErrorReason
      * Generated from protobuf enum <code>ERROR_REASON_CANCELLED = 18;</code>
      */
     const ERROR_REASON_CANCELLED = 18;
+    /**
+     * The call's deadline passed before a result came back. The message lists
+     * every attempt, and which workers may have run the job anyway.
+     *
+     * Generated from protobuf enum <code>ERROR_REASON_DEADLINE_EXCEEDED = 19;</code>
+     */
+    const ERROR_REASON_DEADLINE_EXCEEDED = 19;
 
     private static $valueToName = [
         self::ERROR_REASON_UNSPECIFIED => 'ERROR_REASON_UNSPECIFIED',
@@ -150,6 +157,7 @@ class ErrorReason
         self::ERROR_REASON_NO_WORKER => 'ERROR_REASON_NO_WORKER',
         self::ERROR_REASON_JOB_NOT_FOUND => 'ERROR_REASON_JOB_NOT_FOUND',
         self::ERROR_REASON_CANCELLED => 'ERROR_REASON_CANCELLED',
+        self::ERROR_REASON_DEADLINE_EXCEEDED => 'ERROR_REASON_DEADLINE_EXCEEDED',
     ];
 
     public static function name($value)

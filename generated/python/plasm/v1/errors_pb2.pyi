@@ -63,6 +63,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The job was cancelled before any node ran it (a job cancelled while
     running ends with a receipt saying OUTCOME_CANCELLED instead).
     """
+    ERROR_REASON_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 19
+    """The call's deadline passed before a result came back. The message lists
+    every attempt, and which workers may have run the job anyway.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reason for a failed RPC. A failed call carries the gRPC
@@ -110,5 +114,9 @@ ERROR_REASON_JOB_NOT_FOUND: ErrorReason.ValueType  # 17
 ERROR_REASON_CANCELLED: ErrorReason.ValueType  # 18
 """The job was cancelled before any node ran it (a job cancelled while
 running ends with a receipt saying OUTCOME_CANCELLED instead).
+"""
+ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 19
+"""The call's deadline passed before a result came back. The message lists
+every attempt, and which workers may have run the job anyway.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

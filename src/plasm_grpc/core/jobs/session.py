@@ -413,7 +413,13 @@ class JobSession:
         if self.cancelled:
             return self._fail(now, "CANCELLED", "cancelled before any node ran the job")
         if self._left(now) <= 0:
-            return self._fail(now, "NO_WORKER", "the deadline passed before a worker ran the job")
+            summary = self.failure_summary()
+            return self._fail(
+                now,
+                "DEADLINE_EXCEEDED",
+                "the deadline passed before a result came back"
+                + (f": {summary}" if summary else ""),
+            )
         remote_tries = sum(1 for a in self.attempts if not a.local)
         if self._queue and remote_tries < self.settings.max_attempts:
             candidate = self._queue.pop(0)
