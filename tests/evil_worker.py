@@ -7,10 +7,15 @@ receipt. A requester that checks the receipt against what came back must
 catch it (the stdout hash no longer matches) and stop trusting this node.
 
 Each tampered answer is logged as ``evil_result_tampered``.
+
+It also never answers an offer whose requirements name the architecture
+``SILENT_ARCH`` (logged as ``evil_offer_ignored``), so a test can hold a job
+in the offering stage and cancel it there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from plasm.v1 import job_pb2
@@ -19,7 +24,9 @@ from plasm_grpc.daemon import main as daemon_main
 from plasm_grpc.daemon import node as daemon_node
 from plasm_grpc.daemon.config import Config
 from plasm_grpc.logs import EventLog
-from plasm_grpc.remote.messages import RUN_METHOD
+from plasm_grpc.remote.messages import OFFER_METHOD, RUN_METHOD
+
+SILENT_ARCH = "evil-silent"
 
 _honest_start_node = daemon_node.start_node
 
@@ -42,6 +49,19 @@ async def _start_dishonest_node(config: Config, log: EventLog) -> daemon_node.No
         return result.SerializeToString()
 
     overlay.handle(RUN_METHOD, tampered)
+
+    honest_offer = overlay.handler(OFFER_METHOD)
+    assert honest_offer is not None
+
+    async def offer(peer: str, payload: bytes) -> bytes:
+        message = job_pb2.JobOffer()
+        message.ParseFromString(payload)
+        if message.requirements.arch == SILENT_ARCH:
+            log.event("evil_offer_ignored", job_id=message.job_id, requester=peer)
+            await asyncio.Event().wait()  # until the requester abandons the request
+        return await honest_offer(peer, payload)
+
+    overlay.handle(OFFER_METHOD, offer)
     return node
 
 

@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -566,6 +567,43 @@ def test_a_worker_whose_receipt_does_not_match_its_output_is_caught_and_not_trus
     assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "ERROR_REASON_NO_WORKER")
     assert "not trusted" in details, details
     assert len(e.events("job_finished")) == ran_on_e
+
+
+@pytest.fixture(scope="module")
+def silent(plasmd_module: DaemonFactory) -> list[Daemon]:
+    """[A, S]: S (the evil worker) never answers offers for arch "evil-silent"; A waits long."""
+    a = plasmd_module(_config({"remote": {"fallback_local": False, "offer_timeout_s": 60.0}}))
+    bootstrap = f"{a.node_id}@{a.node_info().overlay_address}"
+    s = _add(plasmd_module, _config({}, bootstrap), evil=True)
+    s.start(timeout=60)
+    _wait_for_workers(a, {s.node_id})
+    return [a, s]
+
+
+def test_cancel_while_the_offer_is_out_ends_the_job_without_a_run(
+    silent: list[Daemon], wasm: WasmModules
+) -> None:
+    a, s = silent
+    job_id = _job_id()
+    placement = _peer(s.node_id)
+    placement.arch = "evil-silent"
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(
+            lambda: rpc_error(lambda: _run(a, wasm.bytes("hello"), job_id, placement=placement))
+        )
+        assert s.wait_for_event("evil_offer_ignored", predicate=lambda r: r["job_id"] == job_id)
+        cancelled = a.stub.Cancel(service_pb2.CancelRequest(job_id=job_id), timeout=RPC_TIMEOUT_S)
+        assert cancelled.cancelled
+        code, reason, details = pending.result(timeout=30)
+    assert (code, reason) == (grpc.StatusCode.CANCELLED, "ERROR_REASON_CANCELLED")
+    assert "before any node ran the job" in details
+    kinds = _kinds(_history(a, job_id))
+    assert kinds[-2:] == ["CANCEL_REQUESTED", "FAILED"], kinds
+    failed = [e for e in _history(a, job_id) if e.kind == E.JOB_EVENT_KIND_ATTEMPT_FAILED]
+    assert failed == []  # the attempt ended cancelled, not as a failure to fail over from
+    # The offer's request was abandoned; nothing ran on S, and A still serves.
+    assert not s.events("job_finished")
+    assert a.stub.Cancel(service_pb2.CancelRequest(job_id=job_id), timeout=5).cancelled is False
 
 
 # -- malformed overlay requests to a worker ------------------------------------------------

@@ -127,7 +127,9 @@ class _Job:
     module_sha256: str
     input_sha256: str
     module: bytes | None  # None: not read (local runs need no copy)
-    pending: asyncio.Future[Action] | None = None
+    task: asyncio.Task[RoutedJob] | None = None  # the job's own task (`_drive`)
+    abortable: bool = False  # awaiting a search or an offer that `cancel` may abandon
+    aborting: bool = False
     lease_id: str = ""
     counted: str = ""  # the worker whose in-flight count this job holds
     result: RoutedJob | None = None
@@ -207,6 +209,7 @@ class JobRouter:
         )
         self._jobs[job_id] = entry
         task = asyncio.create_task(self._drive(entry))
+        entry.task = task
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         # Shielded: the job goes on if the client goes away (Cancel stops it).
@@ -226,8 +229,9 @@ class JobRouter:
             self._spawn(self._cancel_remote(action.candidate, job_id))
         elif isinstance(action, CancelLocal):
             self.executor.cancel(job_id, "cancelled by the client")
-        elif isinstance(action, AbortPending) and entry.pending is not None:
-            entry.pending.cancel()
+        elif isinstance(action, AbortPending) and entry.abortable and entry.task is not None:
+            entry.aborting = True
+            entry.task.cancel()  # turned into session.aborted() by _abortable
         return True
 
     async def drain(self, timeout: float) -> bool:
@@ -271,9 +275,9 @@ class JobRouter:
                     )
                     raise PlacementError(action.error_reason, action.message, session.attempts)
                 if isinstance(action, Search):
-                    action = await self._pending(entry, self._search(entry, action))
+                    action = await self._abortable(entry, self._search(entry, action))
                 elif isinstance(action, SendOffer):
-                    action = await self._pending(entry, self._offer(entry, action))
+                    action = await self._abortable(entry, self._offer(entry, action))
                 elif isinstance(action, SendRun):
                     action = await self._run_remote(entry, action)
                 elif isinstance(action, RunLocal):
@@ -285,19 +289,25 @@ class JobRouter:
             self._uncount(entry)
             self._publish(session)
 
-    async def _pending(self, entry: _Job, work: Coroutine[Any, Any, Action]) -> Action:
-        """Run a search or an offer so that `cancel` can abandon it."""
-        task = asyncio.ensure_future(work)
-        entry.pending = task
+    async def _abortable(self, entry: _Job, work: Coroutine[Any, Any, Action]) -> Action:
+        """Await a search or an offer that `cancel` may abandon.
+
+        Abandoning cancels the job's own task while it waits here (no task per
+        step: this is every job's path); the cancellation is taken back and the
+        session told, so the job ends through the session like any other.
+        """
+        entry.abortable = True
         try:
-            await asyncio.wait({task})
-        finally:
-            entry.pending = None
-            if not task.done():  # our own task was cancelled
-                task.cancel()
-        if task.cancelled():
+            return await work
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not entry.aborting or task is None:
+                raise  # the node is stopping
+            task.uncancel()
+            entry.aborting = False
             return entry.session.aborted(self._clock())
-        return task.result()
+        finally:
+            entry.abortable = False
 
     def _task_done(self, task: asyncio.Task[RoutedJob]) -> None:
         self._tasks.discard(task)
