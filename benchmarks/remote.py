@@ -5,17 +5,20 @@ One run starts a local network of plasmd processes (`plasm devnet`) and
 measures, against each other in the same run:
 
 1. local: Submit hello to node 0 with local placement, the client verifies
-   the receipt (the baseline);
+   the receipt (the baseline; interleaved job by job with 2.);
 2. remote, warm: Submit hello to node 0 with automatic placement: node 0
    finds a worker through the DHT (cached after the first lookup), offers
    the job on an open overlay connection, the worker runs it, node 0 checks
    the receipt and answers; the client verifies it again;
 3. module transfer: a job with a module the worker has never seen, then the
    same job again: bytes sent each time (the second must send none);
-4. cold first job: a node that just joined submits its first job, with a
-   module no node has seen: DHT provider lookup, offer, module transfer,
-   compile and run on the worker (its overlay connection to the worker may
-   already be open from the DHT join: said in the output);
+4. cold first job: a node that just joined submits its first job (no cached
+   lookup, no knowledge of which worker holds what): DHT provider lookup,
+   offer, run; (a) with hello, which the workers hold compiled, and (b) with
+   a module no node has seen, adding its transfer and compile on the worker.
+   A new node each time (3 each; 1 with --quick). In a network this small
+   the DHT join has usually opened the connection to the worker already:
+   the output says whether it had;
 5. throughput: clients keep 64 Submits in flight across the 3 nodes'
    gRPC addresses, automatic placement, for a fixed time.
 
@@ -152,28 +155,64 @@ def check(response: service_pb2.SubmitResponse, *, not_by: str = "") -> str:
     return executor
 
 
-def sequential(
-    name: str,
+def interleaved(
     stub: service_pb2_grpc.PlasmServiceStub,
-    req: service_pb2.SubmitRequest,
+    runs: list[tuple[str, service_pb2.SubmitRequest, str]],
     *,
     warmup: int,
     count: int,
-    not_by: str = "",
-) -> Figure:
+) -> list[Figure]:
+    """Each (name, request, not_by) in turn, one job at a time, `count` rounds.
+
+    Interleaving gives every figure the same machine: on a shared VM the speed
+    drifts over seconds, and back-to-back phases would fold that drift into
+    the ratio between them.
+    """
     for _ in range(warmup):
-        check(stub.Submit(req, timeout=30), not_by=not_by)
-    latencies = []
-    executors: dict[str, int] = {}
+        for _, req, not_by in runs:
+            check(stub.Submit(req, timeout=30), not_by=not_by)
+    latencies: list[list[int]] = [[] for _ in runs]
+    executors: list[dict[str, int]] = [{} for _ in runs]
     for _ in range(count):
-        t0 = time.perf_counter_ns()
-        executor = check(stub.Submit(req, timeout=30), not_by=not_by)
-        latencies.append(time.perf_counter_ns() - t0)
-        executors[executor[:12]] = executors.get(executor[:12], 0) + 1
-    fig = Figure(name=name)
-    fill(fig, latencies)
-    fig.extra["executors"] = executors
-    return fig
+        for i, (_, req, not_by) in enumerate(runs):
+            t0 = time.perf_counter_ns()
+            executor = check(stub.Submit(req, timeout=30), not_by=not_by)
+            latencies[i].append(time.perf_counter_ns() - t0)
+            executors[i][executor[:12]] = executors[i].get(executor[:12], 0) + 1
+    figures = []
+    for i, (name, _, _) in enumerate(runs):
+        fig = Figure(name=name)
+        fill(fig, latencies[i])
+        fig.extra["executors"] = executors[i]
+        figures.append(fig)
+    return figures
+
+
+def cold_job(
+    stub: service_pb2_grpc.PlasmServiceStub, module: bytes, own: str
+) -> tuple[float, dict[str, Any]]:
+    """The first job a just-joined node submits: its time, and where the time went."""
+    connected = {p.node_id for p in stub.GetNodeInfo(service_pb2.GetNodeInfoRequest()).peers}
+    job_id = os.urandom(16).hex()
+    t0 = time.perf_counter_ns()
+    response = stub.Submit(
+        request(module, placement=capability_pb2.PLACEMENT_MODE_AUTO, job_id=job_id), timeout=30
+    )
+    elapsed_ms = (time.perf_counter_ns() - t0) / 1e6
+    executor = check(response, not_by=own)
+    steps = events(stub, job_id)
+    t_first = steps[0].at.ToNanoseconds()
+    return elapsed_ms, {
+        "connection_already_open": executor in connected,
+        "module_bytes_sent": response.attempts[-1].module_bytes_sent,
+        "steps_ms": [
+            (
+                job_pb2.JobEventKind.Name(e.kind).removeprefix("JOB_EVENT_KIND_").lower(),
+                round((e.at.ToNanoseconds() - t_first) / 1e6, 2),
+            )
+            for e in steps
+        ],
+    }
 
 
 def wait_for_workers(stub: service_pb2_grpc.PlasmServiceStub, want: int, timeout: float) -> None:
@@ -330,33 +369,30 @@ def run(quick: bool) -> dict[str, Any]:
             wait_for_workers(stubs[0], NODES, timeout=60)  # itself and the others
             figures: list[Figure] = []
 
-            local = sequential(
-                "local Submit → verified receipt",
-                stubs[0],
-                request(hello, placement=capability_pb2.PLACEMENT_MODE_LOCAL),
-                warmup=warmup,
-                count=count,
-            )
-            figures.append(local)
-            # Every worker compiles hello once before the warm figure.
+            # Every worker compiles hello once before the warm figures.
             for node in net.nodes[1:]:
-                check(
-                    stubs[0].Submit(
-                        request(
-                            hello, placement=capability_pb2.PLACEMENT_MODE_PEER, peer=node.node_id
-                        ),
-                        timeout=30,
-                    )
+                pinned = request(
+                    hello, placement=capability_pb2.PLACEMENT_MODE_PEER, peer=node.node_id
                 )
-            remote = sequential(
-                "remote Submit → verified receipt (warm)",
+                check(stubs[0].Submit(pinned, timeout=30))
+            local, remote = interleaved(
                 stubs[0],
-                request(hello, placement=capability_pb2.PLACEMENT_MODE_AUTO),
+                [
+                    (
+                        "local Submit → verified receipt",
+                        request(hello, placement=capability_pb2.PLACEMENT_MODE_LOCAL),
+                        "",
+                    ),
+                    (
+                        "remote Submit → verified receipt (warm)",
+                        request(hello, placement=capability_pb2.PLACEMENT_MODE_AUTO),
+                        a,
+                    ),
+                ],
                 warmup=warmup,
                 count=count,
-                not_by=a,
             )
-            figures.append(remote)
+            figures.extend((local, remote))
 
             # Module transfer: a module worker 1 has never seen, twice.
             fresh = variant(hello, "transfer")
@@ -370,40 +406,30 @@ def run(quick: bool) -> dict[str, Any]:
                 check(response, not_by=a)
                 sent.append(response.attempts[-1].module_bytes_sent)
 
-            # Cold: a node that just joined submits its first job, a new module.
-            joined = net.add()
-            channels.append(grpc.insecure_channel(joined.grpc))
-            cold_stub = service_pb2_grpc.PlasmServiceStub(channels[-1])
-            wait_for_workers(cold_stub, NODES + 1, timeout=60)
-            connected_before = {
-                p.node_id for p in cold_stub.GetNodeInfo(service_pb2.GetNodeInfoRequest()).peers
-            }
-            cold_module = variant(hello, "cold")
-            job_id = os.urandom(16).hex()
-            t0 = time.perf_counter_ns()
-            response = cold_stub.Submit(
-                request(cold_module, placement=capability_pb2.PLACEMENT_MODE_AUTO, job_id=job_id),
-                timeout=30,
-            )
-            cold_ms = (time.perf_counter_ns() - t0) / 1e6
-            executor = check(response, not_by=joined.node_id)
-            steps = events(cold_stub, job_id)
-            t_first = steps[0].at.ToNanoseconds()
-            cold = Figure(name="cold first job (new node, new module)", count=1)
-            cold.p50_ms = cold_ms
-            cold.extra = {
-                "executor": executor[:12],
-                "connection_already_open": executor in connected_before,
-                "module_bytes_sent": response.attempts[-1].module_bytes_sent,
-                "steps_ms": [
-                    (
-                        job_pb2.JobEventKind.Name(e.kind).removeprefix("JOB_EVENT_KIND_").lower(),
-                        round((e.at.ToNanoseconds() - t_first) / 1e6, 2),
-                    )
-                    for e in steps
-                ],
-            }
-            figures.append(cold)
+            # Cold: a node that just joined submits its first job (no cached
+            # lookup, no module knowledge); (a) hello, which the workers hold
+            # compiled, (b) a module no node has seen (transfer + compile).
+            samples = 1 if quick else 3
+            fresh_nodes = [net.add() for _ in range(2 * samples)]
+            for node in fresh_nodes:
+                channels.append(grpc.insecure_channel(node.grpc))
+                wait_for_workers(service_pb2_grpc.PlasmServiceStub(channels[-1]), NODES, timeout=60)
+            # A joining node re-runs its DHT join 2 and 5 s after it starts
+            # (net.dht): let that traffic pass, or it is what gets measured.
+            time.sleep(6.0)
+            for label, offset in (("held module", 0), ("new module", samples)):
+                times, details = [], []
+                for k in range(samples):
+                    node = fresh_nodes[offset + k]
+                    module = hello if offset == 0 else variant(hello, f"cold-{k}")
+                    stub = service_pb2_grpc.PlasmServiceStub(grpc.insecure_channel(node.grpc))
+                    times_ms, detail = cold_job(stub, module, node.node_id)
+                    times.append(times_ms)
+                    details.append(detail)
+                cold = Figure(name=f"cold first job, new node ({label})", count=len(times))
+                fill(cold, [int(t * 1e6) for t in times])
+                cold.extra = {"each_ms": [round(t, 2) for t in times], "first": details[0]}
+                figures.append(cold)
 
             sha = hashlib.sha256(hello).hexdigest()
             tput = throughput(
@@ -418,9 +444,17 @@ def run(quick: bool) -> dict[str, Any]:
         finally:
             net.stop()
     ratio = remote.p50_ms / local.p50_ms if remote.p50_ms and local.p50_ms else None
+    held, fresh_cold = figures[2], figures[3]
     targets = {
         "warm remote p50 <= 2.5 x local p50": (ratio is not None and ratio <= TARGET_RATIO, ratio),
-        "cold first job <= 25 ms": (cold_ms <= TARGET_COLD_MS, cold_ms),
+        "cold first job (held module) p50 <= 25 ms": (
+            held.p50_ms is not None and held.p50_ms <= TARGET_COLD_MS,
+            held.p50_ms,
+        ),
+        "cold first job (new module) p50 <= 25 ms": (
+            fresh_cold.p50_ms is not None and fresh_cold.p50_ms <= TARGET_COLD_MS,
+            fresh_cold.p50_ms,
+        ),
         "second job sends no module bytes": (sent[1] == 0 and sent[0] == len(fresh), sent),
     }
     return {

@@ -11,8 +11,9 @@ workers before it submits. The networks:
   overlay requests from an in-process node.
 - failover (one test): A, B, C; the worker running a job is killed with
   SIGKILL, and the job completes on the other one.
-- ``picky`` (module): every worker declines a big job (B does not take jobs
-  from peers, C's fuel limit is lower, D's module limit is smaller).
+- ``picky`` (module): every worker declines a big job (C's fuel limit is
+  lower, D's module limit is smaller); B takes no jobs from peers, so it is
+  not offered one automatically, and declines when named.
 - ``evil`` (module): E runs ``tests/evil_worker.py`` (it flips a byte of the
   stdout it returns, keeping the honest receipt), H is honest.
 
@@ -152,7 +153,13 @@ def _start_network(factory: DaemonFactory, workers: Sequence[Node]) -> list[Daem
         t.join(timeout=90)
     if errors:
         raise errors[0]
-    _wait_for_workers(a, {d.node_id for d in daemons})
+    # A node that takes no jobs from peers does not advertise as a worker.
+    advertising = [
+        d
+        for d, w in zip(daemons, workers, strict=True)
+        if w.sections.get("remote", {}).get("accept_jobs", True)
+    ]
+    _wait_for_workers(a, {d.node_id for d in advertising})
     return [a, *daemons]
 
 
@@ -379,21 +386,23 @@ def test_when_every_worker_declines_the_error_lists_each_worker_and_its_reason(
     code, reason, details = rpc_error(lambda: _run(a, hello, job_id, stdin=b"x", max_fuel=BIG_FUEL))
     assert code == grpc.StatusCode.UNAVAILABLE
     assert reason == "ERROR_REASON_NO_WORKER"
+    # B takes no jobs from peers: it advertises no capability class, so
+    # automatic placement never offers it one (and it declines when named).
     expected = {
-        b.node_id: "NOT_ACCEPTING",
         c.node_id: "LIMITS_TOO_HIGH",
         d.node_id: "MODULE_TOO_LARGE",
     }
     for node_id, why in expected.items():
         assert f"{node_id[:16]}… declined ({why})" in details, details
     assert a.node_id[:16] not in details
+    assert b.node_id[:16] not in details
     # Watch: one DECLINED event per worker, with its signed decline.
     events = _history(a, job_id)
     declined = [e for e in events if e.kind == E.JOB_EVENT_KIND_DECLINED]
     assert {e.node_id: D.Name(e.decline_reason) for e in declined} == {
         node_id: f"DECLINE_REASON_{why}" for node_id, why in expected.items()
     }
-    assert len(declined) == 3
+    assert len(declined) == 2
     for event in declined:
         envelope = envelope_from_pb(event.decline)
         payload = envelopes.verify(
@@ -422,6 +431,15 @@ def test_when_every_worker_declines_the_error_lists_each_worker_and_its_reason(
         )[1]
         == "ERROR_REASON_RECEIPT_NOT_FOUND"
     )
+    # Named explicitly, B declines, signed, saying it takes no jobs from peers.
+    job_id = _job_id()
+    code, reason, details = rpc_error(
+        lambda: _run(a, hello, job_id, stdin=b"x", placement=_peer(b.node_id))
+    )
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "ERROR_REASON_NO_WORKER")
+    assert f"{b.node_id[:16]}… declined (NOT_ACCEPTING)" in details, details
+    declined = [e for e in _history(a, job_id) if e.kind == E.JOB_EVENT_KIND_DECLINED]
+    assert [D.Name(e.decline_reason) for e in declined] == ["DECLINE_REASON_NOT_ACCEPTING"]
 
     # A job within C's limits and with a small module: declines fail over to
     # whichever worker takes it.

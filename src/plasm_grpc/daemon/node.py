@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import platform
@@ -41,6 +42,7 @@ from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.jobs.admission import WorkerPolicy
 from plasm_grpc.core.jobs.session import SessionSettings
 from plasm_grpc.core.keys import NodeKey
+from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.daemon.config import Config, parse_bootstrap, parse_host_port
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
 from plasm_grpc.jobs.events import JobEventBus
@@ -267,7 +269,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
                     _advertise(
                         dht,
                         _advertised_addresses(overlay),
-                        lambda: local_capabilities(executor),
+                        lambda: _offered_capabilities(config, executor),
                     )
                 )
             )
@@ -446,6 +448,18 @@ def _advertised_addresses(overlay: OverlayEndpoint) -> list[str]:
         if ipaddress.ip_address(overlay.host).is_unspecified:
             return []
     return [host_port(overlay.host, overlay.port)]
+
+
+def _offered_capabilities(config: Config, executor: JobExecutor) -> Capabilities:
+    """What the peer record advertises. A node that takes no jobs from peers
+    offers no job limits or slots, so it provides no capability class and
+    automatic placement does not even offer it a job."""
+    capabilities = local_capabilities(executor)
+    if config.remote.accept_jobs:
+        return capabilities
+    return dataclasses.replace(
+        capabilities, max_limits=ResourceLimits(), free_job_slots=0, total_job_slots=0
+    )
 
 
 async def _advertise(
