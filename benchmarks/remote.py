@@ -410,7 +410,8 @@ def run(quick: bool) -> dict[str, Any]:
             # lookup, no module knowledge); (a) hello, which the workers hold
             # compiled, (b) a module no node has seen (transfer + compile).
             samples = 1 if quick else 3
-            fresh_nodes = [net.add() for _ in range(2 * samples)]
+            # Requesters only: a fresh worker would attract the job (and lack the module).
+            fresh_nodes = [net.add(accept_jobs=False) for _ in range(2 * samples)]
             for node in fresh_nodes:
                 channels.append(grpc.insecure_channel(node.grpc))
                 wait_for_workers(service_pb2_grpc.PlasmServiceStub(channels[-1]), NODES, timeout=60)

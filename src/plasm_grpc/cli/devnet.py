@@ -68,14 +68,18 @@ class DevNet:
             raise
         self._write_manifest()
 
-    def add(self, *, log_level: str = "info") -> DevNode:
-        """Start one more node, bootstrapping from the seed, and wait until it is ready."""
+    def add(self, *, log_level: str = "info", accept_jobs: bool = True) -> DevNode:
+        """Start one more node, bootstrapping from the seed, and wait until it is ready.
+
+        `accept_jobs=False`: a node that only submits (it takes no jobs from peers).
+        """
         if not self.nodes:
             raise DevnetError("start the devnet first")
         seed = self.nodes[0]
-        node = self._spawn(
-            len(self.nodes), self._config(log_level, f"{seed.node_id}@{seed.overlay}")
-        )
+        config = self._config(log_level, f"{seed.node_id}@{seed.overlay}")
+        if not accept_jobs:
+            config += "[remote]\naccept_jobs = false\n"
+        node = self._spawn(len(self.nodes), config)
         self._wait_ready(node)
         self._write_manifest()
         return node
