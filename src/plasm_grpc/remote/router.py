@@ -288,6 +288,10 @@ class JobRouter:
             entry.drop_pipelined()
             self._uncount(entry)
             self._publish(session)
+            self._jobs.pop(session.job_id, None)
+            self._ended[session.job_id] = None
+            while len(self._ended) > _ENDED_REMEMBERED:
+                del self._ended[next(iter(self._ended))]
 
     async def _abortable(self, entry: _Job, work: Coroutine[Any, Any, Action]) -> Action:
         """Await a search or an offer that `cancel` may abandon.
@@ -311,12 +315,6 @@ class JobRouter:
 
     def _task_done(self, task: asyncio.Task[RoutedJob]) -> None:
         self._tasks.discard(task)
-        for job_id, entry in list(self._jobs.items()):
-            if entry.session.state in (State.DONE, State.FAILED):
-                del self._jobs[job_id]
-                self._ended[job_id] = None
-        while len(self._ended) > _ENDED_REMEMBERED:
-            del self._ended[next(iter(self._ended))]
         if not task.cancelled():
             err = task.exception()
             if err is not None and not isinstance(err, PlacementError):
