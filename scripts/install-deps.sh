@@ -21,7 +21,8 @@ esac
 apt_runtime=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt python3-venv)
 # Debian's protoc 3.21 is the only generator whose PHP output runs on Debian's
 # php-google-protobuf; php-cli runs the generated-code smoke test.
-apt_test=(protobuf-compiler php-cli php-google-protobuf php-curl jq git)
+# phpunit runs the PHP client's tests against a live daemon (clients/php).
+apt_test=(protobuf-compiler php-cli php-google-protobuf php-curl phpunit jq git)
 # Node.js + npm run buf; any install works (Debian's, or one already on the machine).
 command -v npm >/dev/null 2>&1 || apt_test+=(nodejs npm)
 
