@@ -660,3 +660,38 @@ def test_many_concurrent_submits(plasmd: DaemonFactory, wasm: WasmModules) -> No
     assert len(listed_ids) == total
     assert set(listed_ids) == job_ids
     assert listed.next_page_token == ""
+
+
+# -- client-chosen job ids ---------------------------------------------------------------------
+
+
+def test_a_job_id_runs_at_most_once_even_when_submitted_twice_at_once(
+    node: Daemon, wasm: WasmModules
+) -> None:
+    job_id = os.urandom(16).hex()
+    request = make_request(wasm.bytes("primes"), args=("primes", "200000"))
+    request.job_id = job_id
+    barrier = threading.Barrier(4)
+
+    def submit_once() -> str:
+        barrier.wait(timeout=10)
+        try:
+            node.stub.Submit(request, timeout=60)
+        except grpc.RpcError as err:
+            return err.code().name
+        return "OK"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = sorted(pool.map(lambda _: submit_once(), range(4)))
+    assert outcomes == ["INVALID_ARGUMENT"] * 3 + ["OK"], outcomes
+    stored = node.stub.GetReceipt(service_pb2.GetReceiptRequest(job_id=job_id), timeout=10)
+    assert stored.receipt.body.job_id == job_id
+    finished = [r for r in node.events("job_finished") if r["job_id"] == job_id]
+    assert len(finished) == 1
+
+
+def test_a_bad_client_job_id_is_refused(node: Daemon, wasm: WasmModules) -> None:
+    request = make_request(wasm.bytes("hello"))
+    request.job_id = "not-hex"
+    code, reason, _ = refused(node, request)
+    assert (code, reason) == (SC.INVALID_ARGUMENT, "ERROR_REASON_INVALID_REQUEST")

@@ -168,6 +168,7 @@ class JobRouter:
         self.log = log
         self._clock = clock
         self._jobs: dict[str, _Job] = {}
+        self._claimed: set[str] = set()  # job ids whose Submit is still being checked
         self._tasks: set[asyncio.Task[RoutedJob]] = set()
         self._ended: dict[str, None] = {}  # recently ended job ids, oldest first
         self._in_flight: dict[str, int] = {}
@@ -185,9 +186,18 @@ class JobRouter:
     ) -> RoutedJob:
         if self._draining:
             raise PlacementError("SHUTTING_DOWN", "node is shutting down; not accepting jobs")
-        if job_id in self._jobs or job_id in self._ended or self.executor.store.get(job_id):
+        if (
+            job_id in self._jobs
+            or job_id in self._claimed
+            or job_id in self._ended
+            or self.executor.store.get(job_id)
+        ):
             raise PlacementError("INVALID_REQUEST", f"job id {job_id} is already used on this node")
-        module_sha, module = await self._module(job, placement)
+        self._claimed.add(job_id)  # before the first await: a concurrent duplicate is refused
+        try:
+            module_sha, module = await self._module(job, placement)
+        finally:
+            self._claimed.discard(job_id)
         now = self._clock()
         session = JobSession(
             job_id=job_id,
@@ -222,6 +232,8 @@ class JobRouter:
                 return False
             return None
         session = entry.session
+        if session.state in (State.DONE, State.FAILED):
+            return False
         action = session.cancel(self._clock())
         self._publish(session)
         self.log.event("job_cancel_requested", job_id=job_id, state=session.state.value)
