@@ -22,7 +22,8 @@ apt_runtime=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt python3-ve
 # Debian's protoc 3.21 is the only generator whose PHP output runs on Debian's
 # php-google-protobuf; php-cli runs the generated-code smoke test.
 # phpunit runs the PHP client's tests against a live daemon (clients/php).
-apt_test=(protobuf-compiler php-cli php-google-protobuf php-curl phpunit jq git)
+# libprotobuf-dev: the well-known protos (timestamp.proto) for Debian's protoc.
+apt_test=(protobuf-compiler libprotobuf-dev php-cli php-google-protobuf php-curl phpunit jq git)
 # Node.js + npm run buf; any install works (Debian's, or one already on the machine).
 command -v npm >/dev/null 2>&1 || apt_test+=(nodejs npm)
 
