@@ -30,7 +30,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Daemon, DaemonFactory, WasmModules
+from conftest import Daemon, DaemonFactory, WasmModules, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -263,3 +263,28 @@ def test_https_target(tls_server: tuple[str, Path]) -> None:
         "again tls",
         "untrusted: refused, sent=false",
     ], proc.stdout + proc.stderr
+
+
+def test_remote_test_example_on_a_peer(plasmd_module: DaemonFactory, wasm: WasmModules) -> None:
+    """Two nodes: the job submitted to A runs on B; PHP checks B's receipt without asking anyone."""
+    overlay = "[overlay]\nmax_connections_per_ip = 256\nreconnect_interval_s = 0.5\n"
+    a = plasmd_module(overlay + "[remote]\nfallback_local = false\n")
+    bootstrap = f'bootstrap = ["{a.node_id}@{a.node_info().overlay_address}"]\n'
+    b = plasmd_module(overlay + bootstrap)
+
+    def b_is_a_worker() -> bool:
+        found = a.stub.FindWorkers(service_pb2.FindWorkersRequest(), timeout=20).workers
+        return b.node_id in {w.node_id for w in found}
+
+    wait_until(b_is_a_worker, timeout=60, interval=0.2, what="A finding B in the DHT")
+    proc = run(
+        [tool("php"), str(EXAMPLE), str(wasm.path("hello"))],
+        php_env(PLASM_ADDR=a.addr, PLASM_EXPECT_EXECUTOR=b.node_id),
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert f"executor   {b.node_id} (a peer of the node we asked)" in out
+    assert f"requester  {a.node_id}" in out
+    assert re.search(r"^  expected_executor +ok ", out, re.M), out
+    assert "receipt    VALID" in out
+    assert "tampered   REJECTED" in out
