@@ -45,6 +45,7 @@ from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.daemon.config import Config, parse_bootstrap, parse_host_port
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
+from plasm_grpc.daemon.notify import Notifier
 from plasm_grpc.jobs.events import JobEventBus
 from plasm_grpc.jobs.executor import InputLimits, JobExecutor
 from plasm_grpc.logs import EventLog
@@ -586,13 +587,33 @@ def _bind(server: grpc.aio.Server, address: str) -> int:
     return port
 
 
-async def run(config: Config, log: EventLog) -> None:
+async def run(config: Config, log: EventLog, notifier: Notifier | None = None) -> None:
     # Handlers first: a supervisor may signal as soon as "ready" is logged.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    notify = notifier if notifier is not None else Notifier()
     node = await start_node(config, log)
-    await stop.wait()
-    log.event("signal", action="shutdown")
-    await node.stop()
+    # gRPC listens and the overlay is bound: tell systemd (Type=notify).
+    notify.ready(f"serving gRPC on {', '.join(node.addresses)}")
+    watchdog = (
+        asyncio.create_task(_watchdog(notify, interval))
+        if (interval := notify.watchdog_interval) is not None
+        else None
+    )
+    try:
+        await stop.wait()
+        log.event("signal", action="shutdown")
+        notify.stopping("draining jobs, then stopping")
+        await node.stop()
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+async def _watchdog(notify: Notifier, interval: float) -> None:
+    """WATCHDOG=1 from the event loop: a loop that stops turning stops the pings."""
+    while True:
+        notify.watchdog()
+        await asyncio.sleep(interval)
