@@ -31,7 +31,7 @@ from plasm_grpc.jobs.executor import AdmissionError, InputLimits, JobDone, JobEx
 from plasm_grpc.logs import EventLog
 from plasm_grpc.sandbox.cache import CacheSettings, ModuleCache
 from plasm_grpc.sandbox.engine import SandboxEngine
-from plasm_grpc.sandbox.runner import Sandbox
+from plasm_grpc.sandbox.runner import CancelFlag, Sandbox
 from plasm_grpc.store.receipts import ReceiptStore
 
 TEST_S = 60.0
@@ -425,5 +425,32 @@ def test_draining_refuses_reservations_and_reserved_jobs(tmp_path: Path, wasm: W
             assert refused.value.reason == "SHUTTING_DOWN"
             assert executor.reserved_count == 0
             assert executor.store.get(job_id(1)) is None
+
+    run(main())
+
+
+def test_a_flag_set_before_admission_cancels_the_job_when_it_is_admitted(
+    tmp_path: Path, wasm: WasmModules
+) -> None:
+    """A caller that must cancel before the executor has the job (the worker,
+    when its requester goes away at once) sets the flag it passes in."""
+    loop = wasm.bytes("busy_loop")
+
+    async def main() -> None:
+        async with make_executor(tmp_path, slots=1, queue=2) as executor:
+            await warm(executor, loop)
+            flag = CancelFlag()
+            assert flag.cancel("the requester went away")
+            assert executor.state(job_id(7)) is None  # nothing to cancel yet
+            assert not executor.cancel(job_id(7))
+            done = await finished(
+                asyncio.ensure_future(
+                    executor.submit(request(loop, LONG), job_id=job_id(7), cancel=flag)
+                )
+            )
+            assert done.execution.outcome is Outcome.CANCELLED
+            assert done.execution.detail == "the requester went away"
+            assert done.execution.fuel_consumed == 0
+            assert stored(executor, done, loop).outcome == int(Outcome.CANCELLED)
 
     run(main())

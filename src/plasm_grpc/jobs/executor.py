@@ -276,6 +276,7 @@ class JobExecutor:
         job_id: str | None = None,
         requester_node_id: str | None = None,
         reserved: bool = False,
+        cancel: CancelFlag | None = None,
     ) -> JobDone:
         """Admit, run, sign and store one job; returns once its receipt is committed.
 
@@ -286,7 +287,9 @@ class JobExecutor:
         of free capacity. The reservation is used up by this call whatever
         happens: it becomes the job's place, or is released when the job is
         refused, including SHUTTING_DOWN (a reservation does not let a job in
-        while the node drains).
+        while the node drains). `cancel`: the job's flag, given by a caller that
+        may have to cancel it before it is admitted (set already: the job ends
+        CANCELLED at once, with its receipt).
         """
         if reserved and self._reserved <= 0:
             raise RuntimeError("submit(reserved=True) without a reservation")
@@ -298,7 +301,7 @@ class JobExecutor:
             raise
         if reserved:
             self._reserved -= 1  # now counted as an admitted job instead
-        entry = _Admitted(flag=CancelFlag())
+        entry = _Admitted(flag=cancel if cancel is not None else CancelFlag())
         self._jobs[job_id] = entry
         self._idle.clear()
         requester = requester_node_id or self.key.node_id

@@ -21,7 +21,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from plasm.v1 import job_pb2, receipt_pb2
@@ -46,8 +46,10 @@ from plasm_grpc.logs import EventLog
 from plasm_grpc.net import OverlayEndpoint, RequestRefusedError
 from plasm_grpc.remote import messages
 from plasm_grpc.remote.messages import JobWireError
+from plasm_grpc.sandbox.runner import CancelFlag
 
-_FINISHED_REMEMBERED: Final = 4096  # job ids whose Status answers FINISHED
+_FINISHED_REMEMBERED: Final = 4096
+_HASH_INLINE_BYTES: Final = 256 * 1024  # job ids whose Status answers FINISHED
 _ADMISSION_DECLINES: Final = {
     "BUSY": DeclineReason.BUSY,
     "SHUTTING_DOWN": DeclineReason.SHUTTING_DOWN,
@@ -57,7 +59,8 @@ _ADMISSION_DECLINES: Final = {
 @dataclass(slots=True)
 class _Job:
     requester: str
-    state: str  # "leased", "queued", "running"
+    state: str  # "leased", "checking", "queued" (handed to the executor)
+    flag: CancelFlag = field(default_factory=CancelFlag)
 
 
 class JobWorker:
@@ -189,12 +192,18 @@ class JobWorker:
             raise RequestRefusedError(err.reason) from err
         offer = lease.offer
         job = self._jobs[run.job_id]
+        job.state = "checking"
         try:
-            self._check_arrival(run, offer)
-        except RequestRefusedError as err:
+            await self._check_arrival(run, offer)
+            if job.flag.cancelled:  # a Cancel came while the job was checked
+                raise RequestRefusedError("cancelled by the requester before it started")
+        except BaseException as err:  # refused, or the requester went away meanwhile
             self._jobs.pop(run.job_id, None)
             self.executor.release_reservation()
-            self.log.event("job_run_refused", job_id=run.job_id, requester=peer, reason=str(err))
+            if isinstance(err, RequestRefusedError):
+                self.log.event(
+                    "job_run_refused", job_id=run.job_id, requester=peer, reason=str(err)
+                )
             raise
         job.state = "queued"
         self._held[peer] = self._held.get(peer, 0) + 1
@@ -211,6 +220,7 @@ class JobWorker:
                 job_id=run.job_id,
                 requester_node_id=peer,
                 reserved=True,
+                cancel=job.flag,  # settable before the executor has admitted the job
             )
         )
         try:
@@ -218,7 +228,7 @@ class JobWorker:
         except asyncio.CancelledError:
             # The requester abandoned the call (its timeout, its Cancel of the
             # request, or the connection closed): nobody awaits the result.
-            self.executor.cancel(run.job_id, "cancelled: the requester went away")
+            self._stop(run.job_id, job, "cancelled: the requester went away")
             self.log.event("job_abandoned", job_id=run.job_id, requester=peer)
             raise
         except AdmissionError as err:
@@ -238,14 +248,15 @@ class JobWorker:
             detail=ex.detail,
         ).SerializeToString()
 
-    def _check_arrival(self, run: job_pb2.JobRun, offer: Offer) -> None:
-        """The job must be the one offered: same module, same input."""
+    async def _check_arrival(self, run: job_pb2.JobRun, offer: Offer) -> None:
+        """The job must be the one offered: same module, same input. Large
+        modules and stdin are hashed off the event loop."""
         if run.module:
             if len(run.module) != offer.module_size:
                 raise RequestRefusedError(
                     f"module is {len(run.module)} bytes; the offer said {offer.module_size}"
                 )
-            actual = sha256_hex(run.module)
+            actual = await _hashed(sha256_hex, run.module, len(run.module))
             if actual != offer.module_sha256:
                 raise RequestRefusedError(
                     f"module hashes to {actual}; the offer said {offer.module_sha256}"
@@ -255,11 +266,18 @@ class JobWorker:
                 f"MODULE_NOT_FOUND: this node no longer holds module {offer.module_sha256}"
             )
         env = tuple((e.name, e.value) for e in run.env)
-        actual_input = input_sha256(tuple(run.args), env, run.stdin)
+        actual_input = await _hashed(
+            lambda _: input_sha256(tuple(run.args), env, run.stdin), b"", len(run.stdin)
+        )
         if actual_input != offer.input_sha256:
             raise RequestRefusedError(
                 f"input hashes to {actual_input}; the offer said {offer.input_sha256}"
             )
+
+    def _stop(self, job_id: str, job: _Job, reason: str) -> bool:
+        """Cancel a job whether or not the executor has admitted it yet."""
+        first = job.flag.cancel(reason)
+        return self.executor.cancel(job_id, reason) or first
 
     def _job_ended(self, job_id: str, peer: str, submitted: asyncio.Future[Any]) -> None:
         self._jobs.pop(job_id, None)
@@ -308,7 +326,8 @@ class JobWorker:
                     self.executor.release_reservation()
                 found = True
             else:
-                found = self.executor.cancel(job_id, "cancelled by the requester")
+                self._stop(job_id, job, "cancelled by the requester")
+                found = True
         self.log.event("job_cancel_requested", job_id=job_id, requester=peer, found=found)
         return job_pb2.JobCancelResult(found=found).SerializeToString()
 
@@ -339,6 +358,13 @@ class JobWorker:
             self._arm_expiry()
 
         self._expiry = loop.call_later(delay, fire)
+
+
+async def _hashed(hash_: Callable[[bytes], str], data: bytes, size: int) -> str:
+    """`hash_(data)`, in a thread when there are many bytes to hash."""
+    if size > _HASH_INLINE_BYTES:
+        return await asyncio.to_thread(hash_, data)
+    return hash_(data)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
