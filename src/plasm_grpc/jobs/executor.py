@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
+from plasm_grpc import metrics
 from plasm_grpc.core import envelope as envelopes
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.errors import InvalidIdError, PlasmError
@@ -415,6 +416,7 @@ class JobExecutor:
             if not self._jobs:
                 self._idle.set()
         self.completed += 1
+        metrics.JOBS.inc(done.execution.outcome.label)  # here, on the loop's thread
         return done
 
     def _log_finished(self, done: JobDone) -> None:

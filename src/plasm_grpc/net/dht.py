@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from plasm_grpc import metrics
 from plasm_grpc.core.address import host_port
 from plasm_grpc.core.dht.keys import Key, distance
 from plasm_grpc.core.dht.messages import METHODS, Refused, Response
@@ -535,6 +536,8 @@ class DhtService:
             fields["providers"] = len(event.providers)
         if event.kind in (OperationKind.PUT_RECORD, OperationKind.ADD_PROVIDER):
             fields["stored"] = event.stored
+        metrics.DHT_LOOKUPS.inc(event.kind.value)
+        metrics.DHT_LOOKUP_DURATION.observe(event.duration, event.kind.value)
         self._events.event(
             "dht_lookup_finished",
             operation=event.operation,

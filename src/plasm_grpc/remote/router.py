@@ -39,7 +39,7 @@ from typing import Any, Final
 from google.protobuf.message import DecodeError
 from plasm.v1 import job_pb2, receipt_pb2
 
-from plasm_grpc import wire
+from plasm_grpc import metrics, wire
 from plasm_grpc.api.routing import PlacementError, RoutedJob
 from plasm_grpc.api.verify import verify_receipt
 from plasm_grpc.core import envelope as envelopes
@@ -276,6 +276,7 @@ class JobRouter:
                     assert entry.result is not None
                     return entry.result
                 if isinstance(action, Fail):
+                    metrics.JOBS_FAILED.inc(action.error_reason)
                     if action.release is not None and entry.lease_id:
                         self._spawn(self._cancel_remote(action.release, session.job_id))
                     self.log.event(
@@ -300,6 +301,13 @@ class JobRouter:
             entry.drop_pipelined()
             self._uncount(entry)
             self._publish(session)
+            for attempt in session.attempts:
+                if not attempt.local and attempt.result is not None:
+                    metrics.REMOTE_ATTEMPTS.inc(attempt.result.name.lower())
+            if entry.result is not None:
+                ran_here = entry.result.executor_node_id == self.key.node_id
+                placed = "local" if ran_here else "remote"
+                metrics.JOB_DURATION.observe(self._clock() - session.created, placed)
             self._jobs.pop(session.job_id, None)
             self._ended[session.job_id] = None
             while len(self._ended) > _ENDED_REMEMBERED:
