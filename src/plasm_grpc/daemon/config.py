@@ -8,6 +8,7 @@ docs/configuration.md documents each key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -154,6 +155,18 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    # host:port serving Prometheus text on GET /metrics (plain HTTP, no
+    # authentication); "" serves nothing.
+    listen: str = ""
+    # Anything but a loopback address must be chosen on purpose.
+    allow_non_loopback: bool = False
+    # Seconds a client has to send a whole request, after connecting or after
+    # the previous answer; then the connection is closed.
+    request_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = "info"
 
@@ -169,6 +182,7 @@ class Config:
     overlay: OverlayConfig = OverlayConfig()
     dht: DhtConfig = DhtConfig()
     remote: RemoteConfig = RemoteConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
     def effective_slots(self) -> int:
@@ -277,6 +291,7 @@ def validate(config: Config) -> Config:
     )
     _check_dht(config.dht)
     _check_remote(config.remote)
+    _check_metrics(config.metrics)
     # Ranges: the wire types (uint32 timeout_ms), wasm32 (4 GiB memory), and
     # what the runtime can reserve, so a bad value is a message, not a crash.
     _check_range(config.limits.max.max_memory_bytes, "limits.max.max_memory_bytes", 65536, 4 * GIB)
@@ -313,6 +328,29 @@ def _check_remote(remote: RemoteConfig) -> None:
     _check_range(remote.max_share_per_requester, "remote.max_share_per_requester", 0.01, 1)
     _check_range(remote.worker_cache_s, "remote.worker_cache_s", 0, 3600)
     _check_range(remote.distrust_s, "remote.distrust_s", 0, 30 * 24 * 3600)
+
+
+def _check_metrics(metrics: MetricsConfig) -> None:
+    _check_range(metrics.request_timeout_s, "metrics.request_timeout_s", 0.1, 300)
+    if not metrics.listen:
+        return
+    host, _ = parse_host_port(metrics.listen, "metrics.listen")
+    if not metrics.allow_non_loopback and not is_loopback(host):
+        raise ConfigError(
+            f"metrics.listen must be a loopback address (127.0.0.1, ::1 or localhost), got "
+            f"{metrics.listen!r}: /metrics has no authentication. To serve it beyond this "
+            "machine anyway, also set metrics.allow_non_loopback = true"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """A loopback IP literal, or "localhost" (which resolves to loopback only)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another name: where it resolves is not known here
 
 
 def _check_dht(dht: DhtConfig) -> None:

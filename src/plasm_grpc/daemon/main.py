@@ -7,12 +7,14 @@ import asyncio
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from plasm_grpc import __version__
-from plasm_grpc.daemon.config import ConfigError, load_config, to_toml, validate
+from plasm_grpc.daemon.config import Config, ConfigError, load_config, to_toml, validate
 from plasm_grpc.daemon.identity import IdentityError
-from plasm_grpc.logs import EventLog
+from plasm_grpc.logs import EventLog, capture_stray_output, format_exception, is_journal_stream
 
 DESCRIPTION = """\
 Run a Plasm node: execute WebAssembly (WASI preview1) jobs in a wasmtime
@@ -22,7 +24,9 @@ With no configuration, plasmd serves gRPC on 127.0.0.1:50151 and the
 node-to-node overlay (QUIC + Noise) on udp 127.0.0.1:7946, keeps its key,
 module cache and receipts under ~/.local/share/plasm, and runs jobs locally.
 Logs are JSON, one event per line, on stderr. SIGTERM or Ctrl-C drains
-running jobs, then exits.
+running jobs, then exits; SIGHUP re-reads the configuration file and applies
+what can change while running (log level, [remote] settings, new bootstrap
+peers), naming the keys that need a restart.
 """
 
 EPILOG = """\
@@ -31,9 +35,13 @@ examples:
   plasmd --config /etc/plasm/plasmd.toml
   plasmd --listen 127.0.0.1:0 --overlay-listen 127.0.0.1:0 --data-dir /tmp/node1
   plasmd --print-config > plasmd.toml     # every setting with its default
+  kill -HUP $(pidof -x plasmd)            # reload plasmd.toml (systemctl reload plasmd)
 
 environment:
   PLASM_CONFIG   config file used when --config is not given
+  GRPC_VERBOSITY gRPC's own diagnostics on stderr (default here: NONE)
+
+exit codes: 0 stopped cleanly; 1 could not start (or failed); 2 configuration error.
 
 See docs/configuration.md for every key.
 """
@@ -64,13 +72,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    config_path = args.config or (
-        Path(os.environ["PLASM_CONFIG"]) if os.environ.get("PLASM_CONFIG") else None
-    )
-    try:
-        config = load_config(config_path)
+def _loader(args: argparse.Namespace, path: Path | None) -> Callable[[], Config]:
+    """Reads the configuration: the file (if any), then the command line's
+    overrides. Called at start and again on every SIGHUP."""
+
+    def load() -> Config:
+        config = load_config(path)
         if args.data_dir is not None:
             config = dataclasses.replace(config, data_dir=args.data_dir)
         grpc_cfg = config.grpc
@@ -87,25 +94,59 @@ def main(argv: list[str] | None = None) -> int:
             config = dataclasses.replace(
                 config, log=dataclasses.replace(config.log, level=args.log_level)
             )
-        config = validate(config)
+        return validate(config)
+
+    return load
+
+
+def _fail(
+    log: EventLog, message: str, code: int, event: str = "startup_failed", **fields: Any
+) -> int:
+    """Report why plasmd cannot start (or stopped): plain text on a terminal,
+    else one JSON event (stderr goes to the journal or a log collector)."""
+    if sys.stderr.isatty():
+        print(f"plasmd: {message}", file=sys.stderr)
+    else:
+        log.error(event, error=message, exit_code=code, **fields)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config_path = args.config or (
+        Path(os.environ["PLASM_CONFIG"]) if os.environ.get("PLASM_CONFIG") else None
+    )
+    journal = is_journal_stream(sys.stderr)
+    load = _loader(args, config_path)
+    try:
+        config = load()
     except ConfigError as err:
-        print(f"plasmd: configuration error: {err}", file=sys.stderr)
-        return 2
+        return _fail(EventLog(syslog_prefix=journal), f"configuration error: {err}", 2)
     if args.print_config:
         sys.stdout.write(to_toml(config))
         return 0
-    log = EventLog(level=config.log.level)
-    log.event(
-        "starting", version=__version__, config=str(config_path or "(defaults)"), pid=os.getpid()
-    )
-    from plasm_grpc.daemon.node import StartupError, run
-
+    log = EventLog(level=config.log.level, syslog_prefix=journal)
+    capture_stray_output(log)
+    # gRPC's C core logs errors as unstructured lines on stderr; plasmd reports
+    # what it needs itself. GRPC_VERBOSITY=ERROR (or DEBUG) brings them back.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    config_name = str(config_path or "(defaults)")
+    log.event("starting", version=__version__, config=config_name, pid=os.getpid())
     try:
-        asyncio.run(run(config, log))
-    except (StartupError, IdentityError, OSError) as err:
-        log.error("startup_failed", error=str(err))
-        print(f"plasmd: {err}", file=sys.stderr)
-        return 1
+        from plasm_grpc.daemon import node
+    except Exception as err:  # noqa: BLE001 - a broken installation, reported as JSON
+        return _fail(log, repr(err), 1, traceback=format_exception(err))
+    try:
+        asyncio.run(node.run(config, log, reload=load, config_name=config_name))
+    except (node.StartupError, IdentityError, OSError) as err:
+        return _fail(log, str(err), 1)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - a bug: one JSON event, not a traceback
+        if isinstance(err, node.NodeFailedError):  # after "ready"
+            cause = err.__cause__ or err
+            return _fail(log, str(err), 1, event="failed", traceback=format_exception(cause))
+        return _fail(log, repr(err), 1, traceback=format_exception(err))
     return 0
 
 

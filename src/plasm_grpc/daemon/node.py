@@ -12,15 +12,17 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from plasm.v1 import service_pb2, service_pb2_grpc
 
+from plasm_grpc import __version__, metrics
 from plasm_grpc.api import codec
 from plasm_grpc.api.facts import local_capabilities
 from plasm_grpc.api.service import (
@@ -32,7 +34,7 @@ from plasm_grpc.api.service import (
     PlasmServicer,
 )
 from plasm_grpc.core.address import host_port
-from plasm_grpc.core.dht.node import DhtSettings
+from plasm_grpc.core.dht.node import DhtSettings, OperationKind
 from plasm_grpc.core.dht.records import (
     Capabilities,
     PeerRecord,
@@ -40,15 +42,19 @@ from plasm_grpc.core.dht.records import (
 )
 from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.jobs.admission import WorkerPolicy
-from plasm_grpc.core.jobs.session import SessionSettings
+from plasm_grpc.core.jobs.session import AttemptResult, SessionSettings
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.limits import ResourceLimits
-from plasm_grpc.daemon.config import Config, parse_bootstrap, parse_host_port
+from plasm_grpc.core.outcome import Outcome
+from plasm_grpc.daemon.config import Config, ConfigError, parse_bootstrap, parse_host_port
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
+from plasm_grpc.daemon.metrics_http import MetricsServer
 from plasm_grpc.daemon.notify import Notifier
+from plasm_grpc.daemon.reload import ReloadPlan, plan_reload
 from plasm_grpc.jobs.events import JobEventBus
 from plasm_grpc.jobs.executor import InputLimits, JobExecutor
-from plasm_grpc.logs import EventLog
+from plasm_grpc.logs import LEVELS, EventLog
+from plasm_grpc.metrics import Gauge, Registry
 from plasm_grpc.net import (
     DhtClosedError,
     DhtService,
@@ -71,6 +77,10 @@ class StartupError(RuntimeError):
     pass
 
 
+class NodeFailedError(RuntimeError):
+    """An unexpected error after the node was ready (a bug); its cause is the error."""
+
+
 @dataclass(slots=True)
 class Node:
     config: Config
@@ -87,6 +97,58 @@ class Node:
     dht: DhtService | None = None
     router: JobRouter | None = None
     worker: JobWorker | None = None
+    servicer: PlasmServicer | None = None
+    metrics: MetricsServer | None = None
+
+    def reload(self, loaded: Config) -> ReloadPlan:
+        """Take what can change while running from `loaded` (see daemon/reload.py).
+
+        Raises ConfigError, leaving everything as it was, if the result does
+        not validate. The settings objects are swapped on the loop's thread,
+        between two jobs' reads of them: a job in flight keeps what it started
+        with, the next one sees the new values.
+        """
+        plan = plan_reload(self.config, loaded)
+        config = self.config = plan.config
+        applied = set(plan.applied)
+        if "log.level" in applied:
+            self.log.set_level(config.log.level)
+        if any(key.startswith("remote.") for key in applied):
+            if self.router is not None:
+                self.router.settings = _router_settings(config)
+            if self.worker is not None:
+                policy = _worker_policy(config, self.engine)
+                self.worker.policy = policy
+                self.worker.leases.policy = policy
+            if self.servicer is not None:
+                self.servicer.facts = dataclasses.replace(
+                    self.servicer.facts, default_job_timeout_s=config.remote.default_deadline_s
+                )
+        if self.metrics is not None:
+            self.metrics.request_timeout_s = config.metrics.request_timeout_s
+        self.bootstrap_tasks[:] = [t for t in self.bootstrap_tasks if not t.done()]
+        dht, overlay, worker = self.dht, self.overlay, self.worker
+        if "remote.accept_jobs" in applied and dht is not None and overlay is not None:
+            # Advertise (or stop advertising) as a worker now, not at the next republish.
+            assert worker is not None
+            caps = _offered_capabilities(worker, self.executor)
+            dht.update_capabilities(caps)
+            self._background(_readvertise(dht, _advertised_addresses(overlay), caps))
+        if plan.bootstrap_added and dht is not None:
+            self._background(_seed_dht(dht, plan.bootstrap_added, self.log))
+        elif plan.bootstrap_added and overlay is not None:
+            for entry in plan.bootstrap_added:
+                self._background(_keep_connected(overlay, entry, config, self.log))
+        return plan
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.bootstrap_tasks.append(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.warning("reload_task_failed", error=repr(task.exception()))
 
     async def stop(self) -> None:
         """Drain: refuse new jobs, finish admitted ones, then close everything."""
@@ -120,6 +182,8 @@ class Node:
         await asyncio.gather(*self.bootstrap_tasks, return_exceptions=True)
         if self.worker is not None:
             self.worker.close()
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.dht is not None:
             await self.dht.close()  # saves the routing table; before the overlay goes
         if self.overlay is not None:
@@ -204,6 +268,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
     dht: DhtService | None = None
     worker: JobWorker | None = None
     router: JobRouter | None = None
+    metrics_server: MetricsServer | None = None
     background: list[asyncio.Task[None]] = []
     try:
         try:
@@ -249,6 +314,12 @@ async def start_node(config: Config, log: EventLog) -> Node:
         finally:
             if old_umask is not None:
                 os.umask(old_umask)
+        if config.metrics.listen:
+            metrics_server = await _start_metrics(
+                config,
+                _node_metrics(executor, overlay, dht, f"wasmtime {engine.runtime.version}"),
+                log,
+            )
         socket_inode = None
         if config.grpc.unix_socket:
             os.chmod(config.grpc.unix_socket, 0o660)
@@ -263,6 +334,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
             data_dir=str(config.data_dir),
             job_slots=executor.slots,
             runtime=f"wasmtime {engine.runtime.version}",
+            metrics=f"http://{metrics_server.address}/metrics" if metrics_server else "",
         )
         if dht is not None and overlay is not None:
             background.append(
@@ -270,7 +342,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
                     _advertise(
                         dht,
                         _advertised_addresses(overlay),
-                        lambda: _offered_capabilities(config, executor),
+                        lambda: _offered_capabilities(worker, executor),
                     )
                 )
             )
@@ -283,6 +355,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
         await _undo_start(
             log,
             background=background,
+            metrics_server=metrics_server,
             dht=dht,
             overlay=overlay,
             server=server,
@@ -306,6 +379,8 @@ async def start_node(config: Config, log: EventLog) -> Node:
         dht,
         router,
         worker,
+        servicer,
+        metrics_server,
     )
 
 
@@ -313,6 +388,7 @@ async def _undo_start(
     log: EventLog,
     *,
     background: list[asyncio.Task[None]],
+    metrics_server: MetricsServer | None,
     dht: DhtService | None,
     overlay: OverlayEndpoint | None,
     server: grpc.aio.Server,
@@ -329,6 +405,8 @@ async def _undo_start(
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
     steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+    if metrics_server is not None:
+        steps.append(("metrics", metrics_server.close))
     if dht is not None:
         steps.append(("dht", dht.close))
     if overlay is not None:
@@ -345,6 +423,145 @@ async def _undo_start(
             close()
         except Exception as err:  # noqa: BLE001 - logged; the startup error goes on
             log.warning("startup_cleanup_failed", step=what, error=repr(err))
+
+
+async def _start_metrics(config: Config, registry: Registry, log: EventLog) -> MetricsServer:
+    for outcome in Outcome:  # every label from the start, so rate() sees the first job
+        metrics.JOBS.touch(outcome.label)
+    for result in AttemptResult:
+        metrics.REMOTE_ATTEMPTS.touch(result.name.lower())
+    for kind in OperationKind:
+        metrics.DHT_LOOKUPS.touch(kind.value)
+    for placement in ("local", "remote"):
+        metrics.JOB_DURATION.touch(placement)
+    server = MetricsServer(
+        lambda: metrics.REGISTRY.expose() + registry.expose(),
+        log=log,
+        request_timeout_s=config.metrics.request_timeout_s,
+    )
+    host, port = parse_host_port(config.metrics.listen, "metrics.listen")
+    try:
+        await server.start(host, port)
+    except OSError as err:
+        raise StartupError(
+            f"cannot listen for /metrics on {config.metrics.listen}: {err.strerror or err}"
+        ) from err
+    return server
+
+
+_RECEIPT_COUNT_TTL_S = 1.0
+
+
+def _node_metrics(
+    executor: JobExecutor,
+    overlay: OverlayEndpoint | None,
+    dht: DhtService | None,
+    runtime: str,
+) -> Registry:
+    """Gauges read from the running node at each scrape."""
+    registry = Registry()
+    started = _process_start_time()
+    # COUNT(*) over the receipts: at most once a second, however many scrape.
+    receipts: list[float] = [0.0, -_RECEIPT_COUNT_TTL_S]  # value, when read (monotonic)
+
+    def receipts_stored() -> float:
+        now = time.monotonic()
+        if now - receipts[1] >= _RECEIPT_COUNT_TTL_S:
+            receipts[:] = [float(executor.store.count()), now]
+        return receipts[0]
+
+    for gauge in (
+        Gauge(
+            "plasm_build_info",
+            "Always 1; the labels name this plasmd's version and sandbox runtime.",
+            labels=("version", "runtime"),
+            collect=lambda: [((__version__, runtime), 1.0)],
+        ),
+        Gauge(
+            "process_start_time_seconds",
+            "When plasmd started, in seconds since the Unix epoch.",
+            read=lambda: started,
+        ),
+        Gauge(
+            "plasm_jobs_running",
+            "Jobs running in this node's sandbox.",
+            read=lambda: executor.running,
+        ),
+        Gauge(
+            "plasm_jobs_queued",
+            "Jobs admitted here and waiting for a slot.",
+            read=lambda: executor.queued,
+        ),
+        Gauge("plasm_job_slots", "Jobs this node runs at once.", read=lambda: executor.slots),
+        Gauge("plasm_receipts_stored", "Receipts in this node's store.", read=receipts_stored),
+        Gauge(
+            "plasm_overlay_connections",
+            "Open overlay connections to peers (0 when the overlay is off).",
+            read=lambda: len(overlay.connections()) if overlay is not None else 0,
+        ),
+        Gauge(
+            "plasm_peers",
+            "Peers in the DHT routing table (0 when the DHT is off).",
+            read=lambda: len(dht.node.table) if dht is not None else 0,
+        ),
+    ):
+        registry.register(gauge)
+    return registry
+
+
+def _process_start_time() -> float:
+    """This process's start (Linux: from /proc, as Prometheus' clients read it)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time() - time.monotonic() + _MONOTONIC_AT_IMPORT
+
+
+_MONOTONIC_AT_IMPORT = time.monotonic()
+
+
+async def _readvertise(dht: DhtService, addresses: list[str], capabilities: Capabilities) -> None:
+    with contextlib.suppress(DhtClosedError):
+        await dht.advertise(addresses, capabilities)
+
+
+async def _seed_dht(dht: DhtService, entries: Sequence[str], log: EventLog) -> None:
+    """Bootstrap through bootstrap entries added by a reload (the table keeps
+    what answers; the routing table snapshot remembers it across restarts)."""
+    loop = asyncio.get_running_loop()
+    seeds = []
+    for entry in entries:
+        node_id, host, port = parse_bootstrap(entry)
+        if node_id == dht.node_id:
+            continue
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as err:
+                log.warning("bootstrap_failed", peer=entry, error=str(err))
+                continue
+            host = str(infos[0][4][0])
+        seeds.append(Contact(node_id=node_id, host=host, port=port))
+    if not seeds:
+        return
+    with contextlib.suppress(DhtClosedError):
+        result = await dht.run_operation(lambda node, now: node.bootstrap(seeds, now))
+        log.event(
+            "reload_bootstrapped",
+            seeds=len(seeds),
+            peers=len(dht.node.table),
+            rpcs=result.rpcs,
+            failed_rpcs=result.failed_rpcs,
+        )
 
 
 async def _start_overlay(config: Config, key: NodeKey, log: EventLog) -> OverlayEndpoint | None:
@@ -451,12 +668,13 @@ def _advertised_addresses(overlay: OverlayEndpoint) -> list[str]:
     return [host_port(overlay.host, overlay.port)]
 
 
-def _offered_capabilities(config: Config, executor: JobExecutor) -> Capabilities:
+def _offered_capabilities(worker: JobWorker | None, executor: JobExecutor) -> Capabilities:
     """What the peer record advertises. A node that takes no jobs from peers
     offers no job limits or slots, so it provides no capability class and
-    automatic placement does not even offer it a job."""
+    automatic placement does not even offer it a job. (The worker's policy
+    says: a SIGHUP may change remote.accept_jobs.)"""
     capabilities = local_capabilities(executor)
-    if config.remote.accept_jobs:
+    if worker is not None and worker.policy.accept_jobs:
         return capabilities
     return dataclasses.replace(
         capabilities, max_limits=ResourceLimits(), free_job_slots=0, total_job_slots=0
@@ -581,35 +799,115 @@ def _bind(server: grpc.aio.Server, address: str) -> int:
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as err:
-        raise StartupError(f"cannot listen on {address}: {err}") from err
+        why = _bind_error(address) or str(err).split(";")[0]
+        raise StartupError(f"cannot listen on {address}: {why}") from err
     if port == 0 and not address.startswith("unix:"):
-        raise StartupError(f"cannot listen on {address}: address in use or not available")
+        why = _bind_error(address) or "address in use or not available"
+        raise StartupError(f"cannot listen on {address}: {why}")
     return port
 
 
-async def run(config: Config, log: EventLog, notifier: Notifier | None = None) -> None:
-    # Handlers first: a supervisor may signal as soon as "ready" is logged.
-    stop = asyncio.Event()
+def _bind_error(address: str) -> str | None:
+    """Why the OS refuses to bind `address` (gRPC's own message only says
+    that it failed; its details go to C-core's unstructured log)."""
+    if address.startswith("unix:"):
+        return None
+    try:
+        host, port = parse_host_port(address)
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(sockaddr)
+    except OSError as err:
+        return err.strerror or str(err)
+    except ConfigError:
+        return None
+    return None
+
+
+async def run(
+    config: Config,
+    log: EventLog,
+    notifier: Notifier | None = None,
+    reload: Callable[[], Config] | None = None,
+    config_name: str = "(defaults)",
+) -> None:
+    """Run a node until SIGTERM or SIGINT; SIGHUP reloads (`reload()` reads
+    the configuration again: the file given at start, with the same
+    command-line overrides)."""
+    # Handlers first: a supervisor may signal as soon as "ready" is logged. A
+    # signal that comes while the node starts waits its turn in the queue.
+    signals: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, "stop")
+    loop.add_signal_handler(signal.SIGHUP, signals.put_nowait, "reload")
     notify = notifier if notifier is not None else Notifier()
     node = await start_node(config, log)
     # gRPC listens and the overlay is bound: tell systemd (Type=notify).
-    notify.ready(f"serving gRPC on {', '.join(node.addresses)}")
+    status = f"serving gRPC on {', '.join(node.addresses)}"
+    notify.ready(status)
     watchdog = (
         asyncio.create_task(_watchdog(notify, interval))
         if (interval := notify.watchdog_interval) is not None
         else None
     )
     try:
-        await stop.wait()
+        while await signals.get() == "reload":
+            # systemd's reload protocol (Type=notify-reload, and ExecReload
+            # with Type=notify): RELOADING=1 with the time, then READY=1.
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            notify.send(RELOADING="1", MONOTONIC_USEC=str(usec), STATUS="reloading configuration")
+            reload_node(node, reload or (lambda: node.config), config_name)
+            notify.ready(status)
         log.event("signal", action="shutdown")
         notify.stopping("draining jobs, then stopping")
         await node.stop()
+    except Exception as err:
+        raise NodeFailedError(repr(err)) from err
     finally:
         if watchdog is not None:
             watchdog.cancel()
+
+
+def reload_node(node: Node, load: Callable[[], Config], config_name: str) -> ReloadPlan | None:
+    """Read the configuration and apply what can change; never raises.
+
+    A configuration that does not load or validate changes nothing
+    (`reload_failed`); keys that need a restart are named (`reload_ignored`).
+    """
+    log = node.log
+    log.event("signal", action="reload", config=config_name)
+    before = log.level
+    try:
+        plan = node.reload(load())
+    except ConfigError as err:
+        log.error("reload_failed", config=config_name, error=str(err))
+        return None
+    except Exception as err:  # noqa: BLE001 - a reload must never take the node down
+        log.error("reload_failed", config=config_name, error=repr(err))
+        return None
+    after = log.level
+    # Said at the more verbose of the two levels, so a reload that quietens
+    # the log still reports itself.
+    log.set_level(before if LEVELS[before] < LEVELS[after] else after)
+    if plan.ignored:
+        ignored: dict[str, Any] = {"keys": list(plan.ignored)}
+        if plan.bootstrap_removed:
+            ignored["bootstrap_removed"] = list(plan.bootstrap_removed)
+        log.warning(
+            "reload_ignored",
+            detail="these settings keep their running values until plasmd restarts",
+            **ignored,
+        )
+    reloaded: dict[str, Any] = {"config": config_name, "applied": list(plan.applied)}
+    if plan.bootstrap_added:
+        reloaded["bootstrap_added"] = list(plan.bootstrap_added)
+    log.event("reloaded", **reloaded)
+    log.set_level(after)
+    return plan
 
 
 async def _watchdog(notify: Notifier, interval: float) -> None:
