@@ -1018,6 +1018,224 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- status --------------------------------------------------------------------
+
+
+def _rpc_reason(err: grpc.RpcError) -> str:
+    if isinstance(err, grpc.Call):
+        for key, value in err.trailing_metadata() or ():
+            if key == codec.REASON_KEY:
+                return str(value)
+    return ""
+
+
+def _uptime(seconds: float) -> str:
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = [f"{days}d"] if days else []
+    if days or hours:
+        parts.append(f"{hours}h")
+    if not days:
+        parts.append(f"{minutes}m")
+    if not days and not hours:
+        parts.append(f"{s}s")
+    return " ".join(parts)
+
+
+def _metrics_target(value: str) -> tuple[str, int, str]:
+    """`host:port`, or an http:// URL -> (host, port, path)."""
+    rest = value.removeprefix("http://")
+    address, _, path = rest.partition("/")
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise CliError(
+            f"--metrics takes host:port or http://host:port/metrics, got {value!r}", EXIT_USAGE
+        )
+    return host.strip("[]"), int(port), "/" + (path or "metrics")
+
+
+def probe_metrics(value: str, timeout: float) -> dict[str, Any]:
+    """GET the node's /metrics (no proxy: it listens on loopback)."""
+    import http.client
+
+    host, port, path = _metrics_target(value)
+    url = f"http://{host_port_text(host, port)}{path}"
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read(16 * 1024 * 1024)
+    except (OSError, http.client.HTTPException) as err:
+        return {"url": url, "reachable": False, "error": str(err) or type(err).__name__}
+    finally:
+        connection.close()
+    if response.status != 200:
+        return {"url": url, "reachable": False, "error": f"HTTP {response.status}"}
+    samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    return {"url": url, "reachable": True, "samples": samples}
+
+
+def host_port_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def node_status(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything `plasm status` reports, as the --json object."""
+    if args.metrics:
+        _metrics_target(args.metrics)  # a usage error before anything is asked
+    client = connect(args)
+    try:
+        return _gather_status(client, args)
+    finally:
+        client.channel.close()
+
+
+def _gather_status(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {"address": args.addr, "healthy": False, "warnings": []}
+    warnings: list[str] = report["warnings"]
+    try:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        check = health_pb2_grpc.HealthStub(client.channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
+        )
+        report["health"] = str(health_pb2.HealthCheckResponse.ServingStatus.Name(check.status))
+        info: service_pb2.GetNodeInfoResponse = client.stub.GetNodeInfo(
+            service_pb2.GetNodeInfoRequest(), timeout=args.timeout
+        )
+    except grpc.RpcError as err:
+        report.setdefault("health", "UNREACHABLE")
+        report["error"] = describe_rpc_error(err, args.addr)
+        return report
+    serving = report["health"] == "SERVING"
+    if not serving:
+        warnings.append(f"the node is {report['health']}: it is stopping or not ready")
+    started = info.started_at.ToNanoseconds() / 1e9
+    caps = info.capabilities
+    report.update(
+        nodeId=info.node_id,
+        version=info.version,
+        startedAt=info.started_at.ToJsonString(),
+        uptimeSeconds=round(max(0.0, time.time() - started), 1),
+        grpcAddresses=list(info.grpc_addresses),
+        overlayAddress=info.overlay_address,
+        jobs={
+            "running": info.jobs_running,
+            "queued": info.jobs_queued,
+            "completed": info.jobs_completed,
+            "slots": caps.total_job_slots,
+            "freeSlots": caps.free_job_slots,
+        },
+        receiptsStored=info.receipts_stored,
+        cachedModules=info.cached_modules,
+    )
+    peers = {"connected": len(info.peers), "known": 0, "workers": 0}
+    report["peers"] = peers
+    if not info.overlay_address:
+        report["dht"] = "off"
+        warnings.append(
+            "the overlay is off: jobs run only on this node and no peer can reach it "
+            "(set overlay.listen)"
+        )
+    else:
+        try:
+            listed: service_pb2.ListPeersResponse = client.stub.ListPeers(
+                service_pb2.ListPeersRequest(), timeout=args.timeout
+            )
+        except grpc.RpcError as err:
+            if _rpc_reason(err) == "ERROR_REASON_DHT_UNAVAILABLE":
+                report["dht"] = "off"
+                warnings.append(
+                    "the DHT is off (dht.enabled = false): automatic placement finds no workers"
+                )
+            else:
+                report["dht"] = "unknown"
+                warnings.append(f"ListPeers failed: {describe_rpc_error(err, args.addr)}")
+        else:
+            peers["known"] = len(listed.peers)
+            peers["workers"] = sum(
+                1 for p in listed.peers if p.record_content.capabilities.total_job_slots > 0
+            )
+            report["dht"] = "on" if listed.peers else "no peers"
+            if not listed.peers:
+                warnings.append(
+                    "no peers: add overlay.bootstrap entries (NODE_ID@host:port) and open "
+                    "the overlay's UDP port, or wait for peers to find this node"
+                )
+    if info.jobs_queued:
+        warnings.append(
+            f"all {caps.total_job_slots} job slots are busy and {info.jobs_queued} jobs wait"
+        )
+    if args.metrics:
+        report["metrics"] = probe_metrics(args.metrics, min(args.timeout, 10.0))
+        if not report["metrics"]["reachable"]:
+            warnings.append(
+                f"metrics: nothing answers at {report['metrics']['url']} "
+                f"({report['metrics']['error']}); is metrics.listen set?"
+            )
+    else:
+        report["metrics"] = None
+    report["healthy"] = serving
+    return report
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = node_status(args)
+    if args.json:
+        print_json(report)
+        return 0 if report["healthy"] else EXIT_RPC
+    out = Console(highlight=False)
+    if "nodeId" not in report:
+        out.print(Text(f"plasmd at {args.addr}: {report['health']}", style="bold red"))
+        out.print(Text(report.get("error", "")))
+        return EXIT_RPC
+    colour = "green" if report["healthy"] else "red"
+    out.print(
+        Text.assemble(
+            (f"plasmd {printable(report['version'], 40)} at {args.addr}: ", "bold"),
+            (report["health"], f"bold {colour}"),
+        )
+    )
+    jobs, peers = report["jobs"], report["peers"]
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    metrics = report["metrics"]
+    for key, value in (
+        ("node id", report["nodeId"]),
+        ("uptime", f"{_uptime(report['uptimeSeconds'])} (since {report['startedAt']})"),
+        ("gRPC", ", ".join(report["grpcAddresses"])),
+        ("overlay", f"udp {report['overlayAddress']}" if report["overlayAddress"] else "off"),
+        (
+            "jobs",
+            f"{jobs['running']} running, {jobs['queued']} queued, {jobs['completed']} "
+            f"completed since start ({jobs['freeSlots']} of {jobs['slots']} slots free)",
+        ),
+        ("receipts", f"{report['receiptsStored']} stored"),
+        (
+            "peers",
+            f"{peers['connected']} connected, {peers['known']} in the DHT routing table "
+            f"({peers['workers']} take jobs)",
+        ),
+        ("DHT", report["dht"]),
+        (
+            "metrics",
+            "not checked (--metrics HOST:PORT)"
+            if metrics is None
+            else f"{metrics['url']}: {metrics['samples']} samples"
+            if metrics["reachable"]
+            else f"{metrics['url']}: not answering",
+        ),
+    ):
+        table.add_row(key, Text(printable(str(value))))
+    out.print(table)
+    for warning in report["warnings"]:
+        out.print(Text.assemble(("warning: ", "bold yellow"), printable(warning)))
+    return 0 if report["healthy"] else EXIT_RPC
+
+
 def cmd_peers(args: argparse.Namespace) -> int:
     client = connect(args)
     if args.connections:
@@ -1419,6 +1637,23 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--daemon", action="store_true", help="ask the node's Verify RPC instead")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    st = sub.add_parser(
+        "status",
+        help="is the node healthy: health, uptime, jobs, peers, DHT, warnings",
+        description="One screen on a node's health: the gRPC health check, node id, "
+        "version, uptime, addresses, jobs, receipts, peers and the DHT, and warnings "
+        "(no peers, overlay off, metrics not answering). Exits 0 when the node is "
+        "SERVING, 1 when it is unreachable or not serving.",
+    )
+    st.add_argument(
+        "--metrics",
+        default=os.environ.get("PLASM_METRICS", ""),
+        metavar="HOST:PORT",
+        help="also check the node's /metrics endpoint (default $PLASM_METRICS)",
+    )
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
 
     i = sub.add_parser("info", help="node id, capabilities and state")
     i.add_argument("--json", action="store_true")
