@@ -502,6 +502,8 @@ def _lifecycle(c: Container, deb: str, hello: str) -> None:
         ).stdout
     )
     assert online <= MAX_EXPOSURE, online
+    # The installed unit is well formed (commands, directives, its man page).
+    c.run("systemd-analyze", "verify", "/lib/systemd/system/plasmd.service")
     assert offline <= MAX_EXPOSURE, offline
 
     # -- stop: plasmd drains and says so.
