@@ -1,0 +1,184 @@
+"""The NAT test topology (tests/netns.py) behaves like home routers, and real
+plasmd processes run in it: a bootstrap node on the public network, a node
+behind NAT A that joins through it.
+
+Needs root, iproute2 and nftables (scripts/install-deps.sh); CI runs as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, DaemonFactory, WasmModules, wait_until
+from netns import Topology, missing_tools, namespaces, nat_topology, ns_argv, popen_in, run_in
+from plasm.v1 import service_pb2
+
+pytestmark = pytest.mark.slow
+
+if os.geteuid() != 0 or missing_tools():
+    pytest.fail(
+        "the NAT tests need root, iproute2 and nftables (scripts/install-deps.sh)",
+        pytrace=False,
+    )
+
+ECHO_PORT = 7777
+# Answers every datagram with "host:port" of the sender as it saw it.
+ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(2048)
+    s.sendto(f"{addr[0]}:{addr[1]}".encode(), addr)
+"""
+# Sends one datagram and prints the answer, or "timeout" (bounded).
+SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(float(sys.argv[3]))
+try:
+    s.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
+except OSError as err:  # ENETUNREACH: no route at all
+    print("unreachable")
+    sys.exit(0)
+try:
+    print(s.recvfrom(2048)[0].decode())
+except TimeoutError:
+    print("timeout")
+"""
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    before = namespaces()
+    with nat_topology(2) as topology:
+        yield topology
+    assert namespaces() == before, "the topology left namespaces behind"
+
+
+@contextlib.contextmanager
+def echo_server(ns: str, port: int = ECHO_PORT) -> Iterator[None]:
+    proc = popen_in(
+        ns,
+        [sys.executable, "-c", ECHO, str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        yield
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def send(ns: str, host: str, port: int = ECHO_PORT, timeout: float = 2.0) -> str:
+    return run_in(ns, [sys.executable, "-c", SEND, host, str(port), str(timeout)]).strip()
+
+
+def test_private_host_reaches_the_public_network_through_its_nat(topo: Topology) -> None:
+    a, b = topo.nats
+    with echo_server(topo.public):
+        seen_a = send(a.private, topo.public_ip)
+        seen_b = send(b.private, topo.public_ip)
+    # The public side sees each NAT's public address, never a private one.
+    assert seen_a.split(":")[0] == a.public_ip
+    assert seen_b.split(":")[0] == b.public_ip
+    assert a.public_ip != b.public_ip
+
+
+def test_public_host_cannot_reach_a_private_host(topo: Topology) -> None:
+    a, b = topo.nats
+    with echo_server(a.private):
+        # No route to the private LAN from the public network ...
+        assert send(topo.public, a.private_ip, timeout=1.0) == "unreachable"
+        # ... nor through the router's public address (nothing is forwarded) ...
+        assert send(topo.public, a.public_ip, timeout=1.0) == "timeout"
+        # ... nor from another NAT's private host (its router has no route either).
+        assert send(b.private, a.private_ip, timeout=1.0) in ("timeout", "unreachable")
+        # The private host itself is fine: it answers on its own LAN.
+        assert send(a.router, a.private_ip).split(":")[0] == "10.78.1.1"
+
+
+# -- plasmd in namespaces --------------------------------------------------------------------
+
+
+class NsDaemon(Daemon):
+    """plasmd run under ``ip netns exec NS`` (gRPC on a Unix socket in the test's tmp dir)."""
+
+    def __init__(self, ns: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.ns = ns
+
+    def command(self) -> list[str]:
+        return ns_argv(self.ns, super().command())
+
+
+def ns_daemon(
+    factory: DaemonFactory, ns: str, overlay_listen: str, config: str = "", *, start: bool = True
+) -> Daemon:
+    """A plasmd in namespace `ns`, overlay on `overlay_listen`, gRPC on a Unix socket only."""
+    root = factory.base / f"node{len(factory.daemons)}"
+    root.mkdir(parents=True, exist_ok=True)
+    config_path = root / "plasmd.toml"
+    config_path.write_text(config, encoding="utf-8")
+    daemon = NsDaemon(
+        ns,
+        data_dir=root / "data",
+        config_path=config_path,
+        unix_socket=root / "plasmd.sock",
+        listen="",
+    )
+    daemon.overlay_listen = overlay_listen
+    factory.daemons.append(daemon)
+    if start:
+        daemon.start()
+    return daemon
+
+
+def peers(d: Daemon) -> dict[str, str]:
+    listed = d.stub.ListPeers(service_pb2.ListPeersRequest(), timeout=10).peers
+    return {p.node_id: p.address for p in listed}
+
+
+def test_a_node_behind_nat_joins_through_a_public_bootstrap_node(
+    topo: Topology, tmp_path: Path, wasm: WasmModules
+) -> None:
+    a = topo.nats[0]
+    factory = DaemonFactory(tmp_path)
+    try:
+        seed = ns_daemon(factory, topo.public, f"{topo.public_ip}:9700")
+        assert seed.node_info().overlay_address == f"{topo.public_ip}:9700"
+        natted = ns_daemon(
+            factory,
+            a.private,
+            f"{a.private_ip}:9701",
+            f'[overlay]\nbootstrap = ["{seed.node_id}@{topo.public_ip}:9700"]\n'
+            "reconnect_interval_s = 0.5\n",
+        )
+        wait_until(
+            lambda: seed.node_id in peers(natted),
+            timeout=30,
+            interval=0.2,
+            what="the NATed node knowing the bootstrap node",
+        )
+        # The public node sees it at the NAT's public address (outbound QUIC works).
+        wait_until(
+            lambda: natted.node_id in peers(seed),
+            timeout=30,
+            interval=0.2,
+            what="the bootstrap node adding the NATed node",
+        )
+        assert peers(seed)[natted.node_id].split(":")[0] == a.public_ip
+    finally:
+        factory.close()
