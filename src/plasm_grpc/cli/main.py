@@ -489,10 +489,10 @@ class _Wake:
 class _Watch:
     """A Watch call read on a thread; events land on the caller's queue."""
 
-    def __init__(self, client: Client, job_id: str, out: queue.Queue[Any]) -> None:
+    def __init__(self, client: Client, job_id: str, out: queue.Queue[Any], deadline: float) -> None:
         # Longer than Submit's deadline: the watch must not end first.
         self._call = client.stub.Watch(
-            service_pb2.WatchRequest(job_id=job_id), timeout=client.timeout + 15
+            service_pb2.WatchRequest(job_id=job_id), timeout=deadline + 15
         )
         self._out = out
         self.error: grpc.RpcError | None = None
@@ -597,9 +597,13 @@ class _SubmitRun:
 
     def start(self) -> None:
         # Watch first: the node waits for a job id it has not seen yet, so no event is missed.
+        # A job allowed to run longer than --timeout gets the time it may take
+        # (plus room to find a worker and answer), or it would be cut short.
+        run_s = self.request.manifest.limits.timeout_ms / 1000
+        deadline = max(self.client.timeout, run_s + 30) if run_s else self.client.timeout
         if self.watch:
-            self.watcher = _Watch(self.client, self.job_id, self.wake)
-        self.future = self.client.stub.Submit.future(self.request, timeout=self.client.timeout)
+            self.watcher = _Watch(self.client, self.job_id, self.wake, deadline)
+        self.future = self.client.stub.Submit.future(self.request, timeout=deadline)
         self.future.add_done_callback(lambda _: self.wake.put(_Wake.SUBMIT_DONE))
 
     def step(self) -> bool:
