@@ -80,7 +80,9 @@ class ErrorReason
      */
     const ERROR_REASON_INVALID_PAGE_TOKEN = 10;
     /**
-     * The placement mode is not available on this node yet.
+     * The job must run on this node (local placement, or automatic placement
+     * falling back to it) but this node does not meet its placement
+     * requirements (architecture, WASI version, memory).
      *
      * Generated from protobuf enum <code>ERROR_REASON_PLACEMENT_UNAVAILABLE = 11;</code>
      */

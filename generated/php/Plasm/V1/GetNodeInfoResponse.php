@@ -79,6 +79,12 @@ class GetNodeInfoResponse extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>repeated .plasm.v1.PeerConnection peers = 13;</code>
      */
     private $peers;
+    /**
+     * Whether peers can dial this node (reachability detection by dial-back).
+     *
+     * Generated from protobuf field <code>.plasm.v1.Reachability reachability = 14;</code>
+     */
+    protected $reachability = 0;
 
     /**
      * Constructor.
@@ -106,6 +112,8 @@ class GetNodeInfoResponse extends \Google\Protobuf\Internal\Message
      *           The overlay's UDP address (host:port); empty when the overlay is off.
      *     @type array<\Plasm\V1\PeerConnection>|\Google\Protobuf\Internal\RepeatedField $peers
      *           Open overlay connections, one per peer.
+     *     @type int $reachability
+     *           Whether peers can dial this node (reachability detection by dial-back).
      * }
      */
     public function __construct($data = NULL) {
@@ -443,6 +451,32 @@ class GetNodeInfoResponse extends \Google\Protobuf\Internal\Message
     {
         $arr = GPBUtil::checkRepeatedField($var, \Google\Protobuf\Internal\GPBType::MESSAGE, \Plasm\V1\PeerConnection::class);
         $this->peers = $arr;
+
+        return $this;
+    }
+
+    /**
+     * Whether peers can dial this node (reachability detection by dial-back).
+     *
+     * Generated from protobuf field <code>.plasm.v1.Reachability reachability = 14;</code>
+     * @return int
+     */
+    public function getReachability()
+    {
+        return $this->reachability;
+    }
+
+    /**
+     * Whether peers can dial this node (reachability detection by dial-back).
+     *
+     * Generated from protobuf field <code>.plasm.v1.Reachability reachability = 14;</code>
+     * @param int $var
+     * @return $this
+     */
+    public function setReachability($var)
+    {
+        GPBUtil::checkEnum($var, \Plasm\V1\Reachability::class);
+        $this->reachability = $var;
 
         return $this;
     }

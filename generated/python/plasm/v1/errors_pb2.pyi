@@ -44,7 +44,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_INVALID_PAGE_TOKEN: _ErrorReason.ValueType  # 10
     """The page token is not one this node issued."""
     ERROR_REASON_PLACEMENT_UNAVAILABLE: _ErrorReason.ValueType  # 11
-    """The placement mode is not available on this node yet."""
+    """The job must run on this node (local placement, or automatic placement
+    falling back to it) but this node does not meet its placement
+    requirements (architecture, WASI version, memory).
+    """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 12
     """An unexpected failure inside the node; see its log."""
     ERROR_REASON_DHT_UNAVAILABLE: _ErrorReason.ValueType  # 13
@@ -96,7 +99,10 @@ ERROR_REASON_RECEIPT_NOT_FOUND: ErrorReason.ValueType  # 9
 ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason.ValueType  # 10
 """The page token is not one this node issued."""
 ERROR_REASON_PLACEMENT_UNAVAILABLE: ErrorReason.ValueType  # 11
-"""The placement mode is not available on this node yet."""
+"""The job must run on this node (local placement, or automatic placement
+falling back to it) but this node does not meet its placement
+requirements (architecture, WASI version, memory).
+"""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 12
 """An unexpected failure inside the node; see its log."""
 ERROR_REASON_DHT_UNAVAILABLE: ErrorReason.ValueType  # 13

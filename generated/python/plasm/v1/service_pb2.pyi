@@ -13,6 +13,7 @@ from plasm.v1 import dht_pb2 as _dht_pb2
 from plasm.v1 import envelope_pb2 as _envelope_pb2
 from plasm.v1 import job_pb2 as _job_pb2
 from plasm.v1 import manifest_pb2 as _manifest_pb2
+from plasm.v1 import reachability_pb2 as _reachability_pb2
 from plasm.v1 import receipt_pb2 as _receipt_pb2
 import builtins as _builtins
 import sys
@@ -241,6 +242,7 @@ class GetNodeInfoResponse(_message.Message):
     CACHED_MODULES_FIELD_NUMBER: _builtins.int
     OVERLAY_ADDRESS_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    REACHABILITY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """64 lowercase hex."""
     public_key: _builtins.bytes
@@ -255,6 +257,8 @@ class GetNodeInfoResponse(_message.Message):
     """Modules compiled and cached by this node."""
     overlay_address: _builtins.str
     """The overlay's UDP address (host:port); empty when the overlay is off."""
+    reachability: _reachability_pb2.Reachability.ValueType
+    """Whether peers can dial this node (reachability detection by dial-back)."""
     @_builtins.property
     def capabilities(self) -> _capability_pb2.Capabilities: ...
     @_builtins.property
@@ -283,10 +287,11 @@ class GetNodeInfoResponse(_message.Message):
         cached_modules: _builtins.int = ...,
         overlay_address: _builtins.str = ...,
         peers: _abc.Iterable[Global___PeerConnection] | None = ...,
+        reachability: _reachability_pb2.Reachability.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_modules", b"cached_modules", "capabilities", b"capabilities", "grpc_addresses", b"grpc_addresses", "jobs_completed", b"jobs_completed", "jobs_queued", b"jobs_queued", "jobs_running", b"jobs_running", "node_id", b"node_id", "overlay_address", b"overlay_address", "peers", b"peers", "public_key", b"public_key", "receipts_stored", b"receipts_stored", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_modules", b"cached_modules", "capabilities", b"capabilities", "grpc_addresses", b"grpc_addresses", "jobs_completed", b"jobs_completed", "jobs_queued", b"jobs_queued", "jobs_running", b"jobs_running", "node_id", b"node_id", "overlay_address", b"overlay_address", "peers", b"peers", "public_key", b"public_key", "reachability", b"reachability", "receipts_stored", b"receipts_stored", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
