@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, DaemonFactory, WasmModules, wait_until
 from netns import Topology, missing_tools, namespaces, nat_topology, ns_argv, popen_in, run_in
-from plasm.v1 import service_pb2
+from plasm.v1 import reachability_pb2, service_pb2
+from test_daemon_lifecycle import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -180,5 +181,45 @@ def test_a_node_behind_nat_joins_through_a_public_bootstrap_node(
             what="the bootstrap node adding the NATed node",
         )
         assert peers(seed)[natted.node_id].split(":")[0] == a.public_ip
+    finally:
+        factory.close()
+
+
+def _reachability(d: Daemon) -> str:
+    return str(reachability_pb2.Reachability.Name(d.node_info().reachability))
+
+
+def test_dial_back_finds_the_public_node_public_and_the_natted_node_private(
+    topo: Topology, tmp_path: Path, wasm: WasmModules
+) -> None:
+    a = topo.nats[0]
+    factory = DaemonFactory(tmp_path)
+    try:
+        seed = ns_daemon(factory, topo.public, f"{topo.public_ip}:9700")
+        assert _reachability(seed) == "REACHABILITY_UNSPECIFIED"  # nobody to ask yet
+        natted = ns_daemon(
+            factory,
+            a.private,
+            f"{a.private_ip}:9701",
+            f'[overlay]\nbootstrap = ["{seed.node_id}@{topo.public_ip}:9700"]\n'
+            "reconnect_interval_s = 0.5\n",
+        )
+        # The NATed node asks the public one: its dial-back to the NAT's
+        # address, from a fresh socket, does not get through.
+        changed = natted.wait_for_event("reachability_changed", timeout=60)
+        assert changed is not None, natted.lines()
+        assert changed["new"] == "private"
+        assert _reachability(natted) == "REACHABILITY_PRIVATE"
+        # The public node asks the NATed one, which dials it back fine.
+        changed = seed.wait_for_event("reachability_changed", timeout=60)
+        assert changed is not None, seed.lines()
+        assert changed["new"] == "public"
+        assert _reachability(seed) == "REACHABILITY_PUBLIC"
+        # The helper dialled the NAT's public address, the IP the request came from.
+        dialled = seed.events("reachability_dialled_back")
+        assert all(e["address"].split(":")[0] == a.public_ip for e in dialled)
+        proc = run_cli("--addr", natted.addresses[0], "info")
+        assert proc.returncode == 0, proc.stderr
+        assert "private" in proc.stdout
     finally:
         factory.close()

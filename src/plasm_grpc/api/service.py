@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from plasm.v1 import (
     errors_pb2,
+    reachability_pb2,
     service_pb2,
     service_pb2_grpc,
 )
@@ -36,6 +37,7 @@ from plasm_grpc.core.dht.records import (
 from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.errors import InvalidIdError
 from plasm_grpc.core.ids import check_hex64, check_job_id, new_job_id
+from plasm_grpc.core.reachability import Reachability
 from plasm_grpc.jobs.events import (
     JobEventBus,
     JobNotFoundError,
@@ -59,6 +61,11 @@ MAX_LOOKUP_TIMEOUT_S: Final = 60.0
 # watching just before its Submit arrives).
 WATCH_WAIT_S: Final = 10.0
 
+_REACHABILITY_PB: Final[dict[Reachability, reachability_pb2.Reachability.ValueType]] = {
+    Reachability.UNKNOWN: reachability_pb2.REACHABILITY_UNSPECIFIED,
+    Reachability.PUBLIC: reachability_pb2.REACHABILITY_PUBLIC,
+    Reachability.PRIVATE: reachability_pb2.REACHABILITY_PRIVATE,
+}
 _STATUS: Final[dict[str, grpc.StatusCode]] = {
     "INVALID_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,
     "MODULE_HASH_MISMATCH": grpc.StatusCode.INVALID_ARGUMENT,
@@ -155,6 +162,8 @@ class NodeFacts:
     peers: Callable[[], Sequence[PeerView]] = _no_peers
     # The DHT, when the overlay runs.
     dht: DhtView | None = None
+    # Whether peers can dial this node (net/reachability.py), per GetNodeInfo.
+    reachability: Callable[[], Reachability] = lambda: Reachability.UNKNOWN
     # Every job's events, for Watch; None: this node publishes none.
     events: JobEventBus | None = None
     # Cancel a job submitted to this node: True when it is being cancelled,
@@ -285,6 +294,7 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
                 )
                 for p in self.facts.peers()
             ],
+            reachability=_REACHABILITY_PB[self.facts.reachability()],
         )
 
     # -- The DHT ---------------------------------------------------------------

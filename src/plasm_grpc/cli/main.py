@@ -29,6 +29,7 @@ from plasm.v1 import (
     errors_pb2,
     job_pb2,
     manifest_pb2,
+    reachability_pb2,
     receipt_pb2,
     service_pb2,
     service_pb2_grpc,
@@ -981,6 +982,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.valid else EXIT_UNVERIFIED
 
 
+def _reachability_text(value: int) -> str:
+    """ "public", "private" (behind a NAT or firewall) or "unknown" (not yet checked)."""
+    if value == reachability_pb2.REACHABILITY_PUBLIC:
+        return "public (peers can dial it)"
+    if value == reachability_pb2.REACHABILITY_PRIVATE:
+        return "private (peers cannot dial it: NAT or firewall)"
+    return "unknown"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     client = connect(args)
     info: service_pb2.GetNodeInfoResponse = client.call(
@@ -1011,6 +1021,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{info.jobs_completed} completed since start",
         ),
         ("overlay", info.overlay_address or "off"),
+        ("reachability", _reachability_text(info.reachability) if info.overlay_address else "-"),
         ("peers", str(len(info.peers))),
         ("receipts stored", str(info.receipts_stored)),
         ("modules cached", str(info.cached_modules)),

@@ -46,6 +46,7 @@ from plasm_grpc.core.jobs.session import AttemptResult, SessionSettings
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.core.outcome import Outcome
+from plasm_grpc.core.reachability import Reachability
 from plasm_grpc.daemon.config import Config, ConfigError, parse_bootstrap, parse_host_port
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
 from plasm_grpc.daemon.metrics_http import MetricsServer
@@ -61,6 +62,7 @@ from plasm_grpc.net import (
     DhtServiceSettings,
     OverlayEndpoint,
     OverlaySettings,
+    ReachabilityService,
 )
 from plasm_grpc.remote.router import JobRouter, RouterSettings
 from plasm_grpc.remote.worker import JobWorker
@@ -266,6 +268,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
         addresses.append(f"unix:{sock}")
     overlay: OverlayEndpoint | None = None
     dht: DhtService | None = None
+    reachability: ReachabilityService | None = None
     worker: JobWorker | None = None
     router: JobRouter | None = None
     metrics_server: MetricsServer | None = None
@@ -278,6 +281,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
                     key=key, executor=executor, policy=_worker_policy(config, engine), log=log
                 )
                 worker.attach(overlay)
+                reachability = ReachabilityService(overlay, key, events=log)
             dht = await _start_dht(config, key, overlay, log) if overlay else None
             events = JobEventBus()
             router = JobRouter(
@@ -297,6 +301,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
                     overlay_address=host_port(overlay.host, overlay.port) if overlay else "",
                     peers=(lambda: _peer_views(overlay)) if overlay else (lambda: ()),
                     dht=_DhtView(dht) if dht else None,
+                    reachability=_reachability_view(reachability),
                     events=events,
                     cancel_job=router.cancel,
                     router=router,
@@ -351,6 +356,8 @@ async def start_node(config: Config, log: EventLog) -> Node:
                 asyncio.create_task(_keep_connected(overlay, entry, config, log))
                 for entry in config.overlay.bootstrap
             )
+        if reachability is not None:
+            background.append(asyncio.create_task(reachability.run()))
     except BaseException:
         await _undo_start(
             log,
@@ -382,6 +389,12 @@ async def start_node(config: Config, log: EventLog) -> Node:
         servicer,
         metrics_server,
     )
+
+
+def _reachability_view(service: ReachabilityService | None) -> Callable[[], Reachability]:
+    if service is None:
+        return lambda: Reachability.UNKNOWN
+    return lambda: service.status
 
 
 async def _undo_start(

@@ -29,6 +29,7 @@ from plasm_grpc.net.errors import (
     RequestRefusedError,
     RequestTimeoutError,
 )
+from plasm_grpc.net.reachability import ReachabilityService, ReachabilitySettings
 
 __all__ = [
     "ALPN",
@@ -49,6 +50,8 @@ __all__ = [
     "OverlaySettings",
     "PeerInfo",
     "ProtobufRecordCodec",
+    "ReachabilityService",
+    "ReachabilitySettings",
     "RemoteCallError",
     "RequestRefusedError",
     "RequestTimeoutError",
