@@ -138,7 +138,9 @@ class Harness:
                     if peer is None or peer.node_id in self.down:
                         node.handle_failure(out.rpc, now)
                     else:
-                        response = peer.handle_request(node.contact, out.request, now)
+                        response = peer.handle_request(
+                            node.contact, out.request, now, client=out.client
+                        )
                         node.handle_response(out.rpc, response, now)
             self.drain()
             if not busy:
@@ -884,3 +886,74 @@ def test_referrals_that_would_aim_our_packets_elsewhere_are_not_dialled() -> Non
     assert dialled <= {f"{n:064x}" for n in (6, 7, 8, 9)}
     assert f"{9:064x}" in dialled
     assert len(dialled & {f"{n:064x}" for n in (6, 7, 8)}) <= 2
+
+
+# -- client mode (issue 8: unreachable nodes query but are not in others' tables) -------
+
+
+def test_a_client_is_answered_but_never_enters_the_table_nor_referrals() -> None:
+    h = Harness(3)
+    a, b, c = h.nodes
+    assert b.set_client_mode(True)
+    assert not b.set_client_mode(True)  # no change
+    assert b.client_mode
+    ask(a, c.contact, Ping())  # c is a full node: a pings it back
+    h.pump(T0)
+    assert c.node_id in a.table
+    op = b.bootstrap([a.contact], T0)
+    outgoing = b.requests_to_send()
+    assert outgoing
+    assert all(out.client for out in outgoing)
+    for out in outgoing:
+        reply = a.handle_request(b.contact, out.request, T0, client=True)
+        b.handle_response(out.rpc, reply, T0)
+    h.pump(T0)
+    # b learnt the full nodes and its lookup finished; nobody learnt b.
+    assert h.finished(b, op).found
+    assert {a.node_id, c.node_id} <= {x.node_id for x in b.table.contacts()}
+    assert b.node_id not in a.table
+    assert b.node_id not in c.table
+    nodes = ask(c, a.contact, FindNode(target=Key.from_hex(b.node_id)))
+    assert isinstance(nodes, Nodes)
+    assert b.node_id not in {x.node_id for x in nodes.closer}
+
+
+def test_a_node_turning_client_leaves_the_tables_of_its_contacts() -> None:
+    h = Harness(3)
+    h.introduce()
+    a, b, c = h.nodes
+    assert b.node_id in a.table
+    assert b.node_id in c.table
+    b.set_client_mode(True)
+    h.pump(T0 + 1)
+    assert b.node_id not in a.table
+    assert b.node_id not in c.table
+    evicted = [e for e in h.events[a.node_id] if isinstance(e, PeerEvicted)]
+    assert [(e.contact.node_id, e.reason) for e in evicted] == [(b.node_id, "client mode")]
+    # Back to a full node: the next request's ping-back puts it in again.
+    b.set_client_mode(False)
+    b.find_node(Key.from_hex(a.node_id), T0 + 100)
+    h.pump(T0 + 100)
+    assert b.node_id in a.table
+
+
+def test_a_client_stores_its_own_record_on_full_nodes_but_stores_nothing_for_others() -> None:
+    h = Harness(3)
+    h.introduce()
+    a, b, _c = h.nodes
+    b.set_client_mode(True)
+    h.pump(T0)
+    ops = b.advertise(["10.0.0.2:4000"], CAPS, T0)
+    h.pump(T0)
+    put = h.finished(b, ops[0])
+    assert put.stored == 2  # a and c
+    assert a.peer_record(b.node_id) is not None
+    reply = ask(b, a.contact, PutRecord(record=record(h.keys[0]).envelope))
+    assert isinstance(reply, StoreReply)
+    assert not reply.stored
+    assert "client mode" in reply.reason
+    reply = ask(b, a.contact, AddProvider(key=KEY_256, record=record(h.keys[0]).envelope))
+    assert isinstance(reply, StoreReply)
+    assert not reply.stored
+    assert b.stored_records() == 0
+    assert b.stored_providers() == 0

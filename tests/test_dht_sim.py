@@ -171,3 +171,48 @@ def test_scenario_validation() -> None:
         Scenario(name="x", nodes=100, dead=1.0)
     with pytest.raises(ValueError, match="too few"):
         Scenario(name="x", nodes=10, records=20)
+
+
+def test_clients_look_up_but_never_enter_a_routing_table() -> None:
+    """A quarter of the nodes are DHT clients (issue 8: unreachable nodes):
+    ten join as clients, five full nodes turn client after joining."""
+    net = SimNetwork(11)
+    bootstrap = net.add_node()
+    full, clients = [bootstrap], []
+    for i in range(60):
+        node = net.add_node()
+        if i % 6 == 5:
+            node.dht.set_client_mode(True)
+            clients.append(node)
+        else:
+            full.append(node)
+        op = net.join(node, bootstrap.contact)
+        net.run()
+        assert node.results[op].found, "seed 11: a join found nobody"
+    for node in full[-5:]:
+        node.dht.set_client_mode(True)  # pings its table: they drop it
+        net.call(node, lambda d, now: d.find_node(d.contact.key, now))
+        full.remove(node)
+        clients.append(node)
+    net.run()
+    client_ids = {c.node_id for c in clients}
+    # Nodes that hold a turned client without it knowing them keep it until
+    # it asks them something: only the clients from the start are nowhere.
+    joined_as_client = {c.node_id for c in clients[:10]}
+    for node in net.nodes.values():
+        held = {c.node_id for c in node.dht.table.contacts()}
+        assert not held & joined_as_client, f"seed 11: {node.node_id[:8]} holds a client"
+    full_ids = [n.node_id for n in full]
+    for origin in clients + full[:10]:
+        target = Key.from_bytes(net.rng.randbytes(32))
+        op = net.call(origin, lambda d, now, t=target: d.find_node(t, now))
+        net.run()
+        got = [c.node_id for c in origin.results[op].closest]
+        want = sorted(
+            (n for n in full_ids if n != origin.node_id), key=lambda n: int(n, 16) ^ target.value
+        )[:20]
+        assert not set(got) & joined_as_client, "seed 11: a lookup returned a client"
+        # A turned client still held somewhere may take one of the k places.
+        found = [n for n in got if n not in client_ids]
+        assert found == want[: len(found)], "seed 11: a lookup missed"
+        assert len(found) >= 20 - 5, "seed 11: a lookup missed"

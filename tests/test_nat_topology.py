@@ -223,3 +223,45 @@ def test_dial_back_finds_the_public_node_public_and_the_natted_node_private(
         assert "private" in proc.stdout
     finally:
         factory.close()
+
+
+def test_the_natted_node_becomes_a_dht_client(
+    topo: Topology, tmp_path: Path, wasm: WasmModules
+) -> None:
+    """Unreachable nodes act as DHT clients: once the node behind NAT A finds
+    itself private, the public node drops it from its routing table and a
+    node joining later is never told about it, but it still looks things up."""
+    a, b = topo.nats
+    factory = DaemonFactory(tmp_path)
+    try:
+        seed = ns_daemon(factory, topo.public, f"{topo.public_ip}:9700")
+        bootstrap = (
+            f'[overlay]\nbootstrap = ["{seed.node_id}@{topo.public_ip}:9700"]\n'
+            "reconnect_interval_s = 0.5\n"
+        )
+        natted = ns_daemon(factory, a.private, f"{a.private_ip}:9701", bootstrap)
+        mode = natted.wait_for_event("dht_client_mode", timeout=60)
+        assert mode is not None, natted.lines()
+        assert mode["client"] is True
+        assert "private" in mode["reason"]
+        wait_until(
+            lambda: natted.node_id not in peers(seed),
+            timeout=30,
+            interval=0.2,
+            what="the public node dropping the DHT client",
+        )
+        later = ns_daemon(factory, b.private, f"{b.private_ip}:9702", bootstrap)
+        wait_until(
+            lambda: seed.node_id in peers(later),
+            timeout=30,
+            interval=0.2,
+            what="the second NATed node knowing the bootstrap node",
+        )
+        assert natted.node_id not in peers(later)
+        assert natted.node_id not in peers(seed)
+        # The client still looks things up.
+        found = natted.stub.FindPeer(service_pb2.FindPeerRequest(node_id=seed.node_id), timeout=30)
+        assert found.peer.node_id == seed.node_id
+        assert natted.node_id not in peers(seed)
+    finally:
+        factory.close()

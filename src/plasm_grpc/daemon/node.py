@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import os
 import platform
@@ -283,6 +284,8 @@ async def start_node(config: Config, log: EventLog) -> Node:
                 worker.attach(overlay)
                 reachability = ReachabilityService(overlay, key, events=log)
             dht = await _start_dht(config, key, overlay, log) if overlay else None
+            if reachability is not None and dht is not None:
+                reachability.on_change(functools.partial(_follow_reachability, dht))
             events = JobEventBus()
             router = JobRouter(
                 key=key,
@@ -389,6 +392,14 @@ async def start_node(config: Config, log: EventLog) -> Node:
         servicer,
         metrics_server,
     )
+
+
+def _follow_reachability(dht: DhtService, old: Reachability, new: Reachability) -> None:
+    """Unreachable nodes act as DHT clients (docs/reachability.md); UNKNOWN keeps the mode."""
+    if new is Reachability.PRIVATE:
+        dht.set_client_mode(True, reason=f"reachability {old.value} -> private")
+    elif new is Reachability.PUBLIC:
+        dht.set_client_mode(False, reason=f"reachability {old.value} -> public")
 
 
 def _reachability_view(service: ReachabilityService | None) -> Callable[[], Reachability]:

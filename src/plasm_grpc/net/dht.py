@@ -79,7 +79,7 @@ from plasm_grpc.net.connection import Handler
 from plasm_grpc.net.dht_codec import (
     DhtCodecError,
     ProtobufRecordCodec,
-    decode_request,
+    decode_request_from,
     decode_response,
     decode_snapshot,
     encode_request,
@@ -325,6 +325,15 @@ class DhtService:
             for operation in operations:
                 self._waiters.pop(operation, None)
 
+    def set_client_mode(self, client: bool, *, reason: str) -> None:
+        """Act as a DHT client (this node is not reachable) or a full node again;
+        logs `dht_client_mode` when the mode changes (docs/dht.md, "Client mode")."""
+        if self.node.set_client_mode(client):
+            self._events.event(
+                "dht_client_mode", client=client, reason=reason, peers=len(self.node.table)
+            )
+            self._pump()
+
     # -- the api's DhtView ---------------------------------------------------------------
 
     def known_peers(self) -> list[KnownPeer]:
@@ -391,7 +400,7 @@ class DhtService:
         if not admitted:
             raise DhtRefusedError("rate limited")
         try:
-            request = decode_request(method, payload)
+            request, client = decode_request_from(method, payload)
         except DhtCodecError as err:
             raise DhtRefusedError(f"malformed request: {err}") from err
         connection = self._endpoint.connection_to(peer)
@@ -400,7 +409,9 @@ class DhtService:
         sender = Contact(
             node_id=peer, host=str(connection.address[0]), port=int(connection.address[1])
         )
-        response = self.node.handle_request(sender, request, self._clock(), admitted=True)
+        response = self.node.handle_request(
+            sender, request, self._clock(), admitted=True, client=client
+        )
         self._pump()
         if isinstance(response, Refused):
             raise DhtRefusedError(response.reason)
@@ -487,7 +498,9 @@ class DhtService:
                 )
                 address = (str(connection.address[0]), int(connection.address[1]))
                 payload = await connection.request(
-                    method, encode_request(out.request), timeout=self.settings.rpc_timeout
+                    method,
+                    encode_request(out.request, client=out.client),
+                    timeout=self.settings.rpc_timeout,
                 )
             return decode_response(out.request, payload), address
         except RemoteCallError as err:

@@ -67,6 +67,7 @@ __all__ = [
     "contact_from_pb",
     "contact_to_pb",
     "decode_request",
+    "decode_request_from",
     "decode_response",
     "decode_snapshot",
     "encode_request",
@@ -280,51 +281,58 @@ def method_of(request: Request) -> str:
     return METHODS[type(request)]
 
 
-def encode_request(request: Request) -> bytes:
+def encode_request(request: Request, *, client: bool = False) -> bytes:
+    """`client`: the sender is in DHT client mode (every request type's `client` field)."""
     message: Message
     match request:
         case Ping():
-            message = dht_pb2.DhtPingRequest()
+            message = dht_pb2.DhtPingRequest(client=client)
         case FindNode(target=target):
-            message = dht_pb2.DhtFindNodeRequest(target=target.to_bytes())
+            message = dht_pb2.DhtFindNodeRequest(target=target.to_bytes(), client=client)
         case GetRecord(key=key):
-            message = dht_pb2.DhtGetRecordRequest(key=key.to_bytes())
+            message = dht_pb2.DhtGetRecordRequest(key=key.to_bytes(), client=client)
         case PutRecord(record=record):
-            message = dht_pb2.DhtPutRecordRequest(record=envelope_to_pb(record))
+            message = dht_pb2.DhtPutRecordRequest(record=envelope_to_pb(record), client=client)
         case AddProvider(key=key, record=record):
             message = dht_pb2.DhtAddProviderRequest(
-                key=key.to_bytes(), record=envelope_to_pb(record)
+                key=key.to_bytes(), record=envelope_to_pb(record), client=client
             )
         case GetProviders(key=key):
-            message = dht_pb2.DhtGetProvidersRequest(key=key.to_bytes())
+            message = dht_pb2.DhtGetProvidersRequest(key=key.to_bytes(), client=client)
     return _serialize(message)
 
 
 def decode_request(method: str, payload: bytes) -> Request:
     """The request `payload` sent to overlay `method` ("plasm.v1.Dht/...")."""
+    return decode_request_from(method, payload)[0]
+
+
+def decode_request_from(method: str, payload: bytes) -> tuple[Request, bool]:
+    """The request and whether its sender is in DHT client mode."""
     kind = _METHOD_TYPES.get(method)
     if kind is None:
         raise DhtCodecError(f"{method!r} is not a DHT method")
     if kind is Ping:
-        _parse(dht_pb2.DhtPingRequest(), payload, "DhtPingRequest")
-        return Ping()
+        ping = _parse(dht_pb2.DhtPingRequest(), payload, "DhtPingRequest")
+        return Ping(), ping.client
     if kind is FindNode:
         find = _parse(dht_pb2.DhtFindNodeRequest(), payload, "DhtFindNodeRequest")
-        return FindNode(target=_key(find.target, "DhtFindNodeRequest.target"))
+        return FindNode(target=_key(find.target, "DhtFindNodeRequest.target")), find.client
     if kind is GetRecord:
         get = _parse(dht_pb2.DhtGetRecordRequest(), payload, "DhtGetRecordRequest")
-        return GetRecord(key=_key(get.key, "DhtGetRecordRequest.key"))
+        return GetRecord(key=_key(get.key, "DhtGetRecordRequest.key")), get.client
     if kind is PutRecord:
         put = _parse(dht_pb2.DhtPutRecordRequest(), payload, "DhtPutRecordRequest")
-        return PutRecord(record=_required_envelope(put))
+        return PutRecord(record=_required_envelope(put)), put.client
     if kind is AddProvider:
         add = _parse(dht_pb2.DhtAddProviderRequest(), payload, "DhtAddProviderRequest")
-        return AddProvider(
+        request = AddProvider(
             key=_key(add.key, "DhtAddProviderRequest.key"), record=_required_envelope(add)
         )
+        return request, add.client
     assert kind is GetProviders
     providers = _parse(dht_pb2.DhtGetProvidersRequest(), payload, "DhtGetProvidersRequest")
-    return GetProviders(key=_key(providers.key, "DhtGetProvidersRequest.key"))
+    return GetProviders(key=_key(providers.key, "DhtGetProvidersRequest.key")), providers.client
 
 
 def encode_response(response: Response) -> bytes:

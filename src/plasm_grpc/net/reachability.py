@@ -77,12 +77,17 @@ class ReachabilityService:
             round_timeout=self._settings.request_timeout + 1.0,
         )
         self._limiter = DialBackLimiter(per_window=self._settings.dialbacks_per_ip)
+        self._listeners: list[Callable[[Reachability, Reachability], None]] = []
         endpoint.handle(DIAL_BACK, self._on_dial_back)
         endpoint.handle(PROBE, self._on_probe)
 
     @property
     def status(self) -> Reachability:
         return self._check.status
+
+    def on_change(self, listener: Callable[[Reachability, Reachability], None]) -> None:
+        """Call `listener(old, new)` after every verdict change (e.g. DHT client mode)."""
+        self._listeners.append(listener)
 
     # -- requester -----------------------------------------------------------------------
 
@@ -103,6 +108,8 @@ class ReachabilityService:
                 failures=changed.failures,
                 address=f"{self._endpoint.host}:{self._endpoint.port}",
             )
+            for listener in self._listeners:
+                listener(changed.old, changed.new)
         return self._check.status
 
     async def run(self) -> None:

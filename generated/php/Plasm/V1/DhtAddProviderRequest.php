@@ -25,6 +25,12 @@ class DhtAddProviderRequest extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>.plasm.v1.SignedEnvelope record = 2;</code>
      */
     protected $record = null;
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     */
+    protected $client = false;
 
     /**
      * Constructor.
@@ -34,6 +40,8 @@ class DhtAddProviderRequest extends \Google\Protobuf\Internal\Message
      *
      *     @type string $key
      *     @type \Plasm\V1\SignedEnvelope $record
+     *     @type bool $client
+     *           As in DhtPingRequest.
      * }
      */
     public function __construct($data = NULL) {
@@ -91,6 +99,32 @@ class DhtAddProviderRequest extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkMessage($var, \Plasm\V1\SignedEnvelope::class);
         $this->record = $var;
+
+        return $this;
+    }
+
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @return bool
+     */
+    public function getClient()
+    {
+        return $this->client;
+    }
+
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @param bool $var
+     * @return $this
+     */
+    public function setClient($var)
+    {
+        GPBUtil::checkBool($var);
+        $this->client = $var;
 
         return $this;
     }

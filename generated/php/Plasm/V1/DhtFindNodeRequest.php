@@ -21,6 +21,12 @@ class DhtFindNodeRequest extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>bytes target = 1;</code>
      */
     protected $target = '';
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     */
+    protected $client = false;
 
     /**
      * Constructor.
@@ -30,6 +36,8 @@ class DhtFindNodeRequest extends \Google\Protobuf\Internal\Message
      *
      *     @type string $target
      *           The 32-byte key looked up.
+     *     @type bool $client
+     *           As in DhtPingRequest.
      * }
      */
     public function __construct($data = NULL) {
@@ -59,6 +67,32 @@ class DhtFindNodeRequest extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkString($var, False);
         $this->target = $var;
+
+        return $this;
+    }
+
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @return bool
+     */
+    public function getClient()
+    {
+        return $this->client;
+    }
+
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @param bool $var
+     * @return $this
+     */
+    public function setClient($var)
+    {
+        GPBUtil::checkBool($var);
+        $this->client = $var;
 
         return $this;
     }

@@ -20,6 +20,12 @@ class DhtGetRecordRequest extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>bytes key = 1;</code>
      */
     protected $key = '';
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     */
+    protected $client = false;
 
     /**
      * Constructor.
@@ -28,6 +34,8 @@ class DhtGetRecordRequest extends \Google\Protobuf\Internal\Message
      *     Optional. Data for populating the Message object.
      *
      *     @type string $key
+     *     @type bool $client
+     *           As in DhtPingRequest.
      * }
      */
     public function __construct($data = NULL) {
@@ -53,6 +61,32 @@ class DhtGetRecordRequest extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkString($var, False);
         $this->key = $var;
+
+        return $this;
+    }
+
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @return bool
+     */
+    public function getClient()
+    {
+        return $this->client;
+    }
+
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @param bool $var
+     * @return $this
+     */
+    public function setClient($var)
+    {
+        GPBUtil::checkBool($var);
+        $this->client = $var;
 
         return $this;
     }

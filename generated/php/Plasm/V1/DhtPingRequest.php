@@ -16,6 +16,14 @@ use Google\Protobuf\Internal\GPBUtil;
  */
 class DhtPingRequest extends \Google\Protobuf\Internal\Message
 {
+    /**
+     * Set by a node in DHT client mode (it is not publicly reachable): answer,
+     * but never add the sender to your routing table nor name it in referrals
+     * (docs/dht.md, "Client mode").
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     */
+    protected $client = false;
 
     /**
      * Constructor.
@@ -23,11 +31,45 @@ class DhtPingRequest extends \Google\Protobuf\Internal\Message
      * @param array $data {
      *     Optional. Data for populating the Message object.
      *
+     *     @type bool $client
+     *           Set by a node in DHT client mode (it is not publicly reachable): answer,
+     *           but never add the sender to your routing table nor name it in referrals
+     *           (docs/dht.md, "Client mode").
      * }
      */
     public function __construct($data = NULL) {
         \GPBMetadata\Plasm\V1\Dht::initOnce();
         parent::__construct($data);
+    }
+
+    /**
+     * Set by a node in DHT client mode (it is not publicly reachable): answer,
+     * but never add the sender to your routing table nor name it in referrals
+     * (docs/dht.md, "Client mode").
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @return bool
+     */
+    public function getClient()
+    {
+        return $this->client;
+    }
+
+    /**
+     * Set by a node in DHT client mode (it is not publicly reachable): answer,
+     * but never add the sender to your routing table nor name it in referrals
+     * (docs/dht.md, "Client mode").
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @param bool $var
+     * @return $this
+     */
+    public function setClient($var)
+    {
+        GPBUtil::checkBool($var);
+        $this->client = $var;
+
+        return $this;
     }
 
 }

@@ -20,6 +20,12 @@ class DhtPutRecordRequest extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>.plasm.v1.SignedEnvelope record = 1;</code>
      */
     protected $record = null;
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     */
+    protected $client = false;
 
     /**
      * Constructor.
@@ -28,6 +34,8 @@ class DhtPutRecordRequest extends \Google\Protobuf\Internal\Message
      *     Optional. Data for populating the Message object.
      *
      *     @type \Plasm\V1\SignedEnvelope $record
+     *     @type bool $client
+     *           As in DhtPingRequest.
      * }
      */
     public function __construct($data = NULL) {
@@ -63,6 +71,32 @@ class DhtPutRecordRequest extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkMessage($var, \Plasm\V1\SignedEnvelope::class);
         $this->record = $var;
+
+        return $this;
+    }
+
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @return bool
+     */
+    public function getClient()
+    {
+        return $this->client;
+    }
+
+    /**
+     * As in DhtPingRequest.
+     *
+     * Generated from protobuf field <code>bool client = 15;</code>
+     * @param bool $var
+     * @return $this
+     */
+    public function setClient($var)
+    {
+        GPBUtil::checkBool($var);
+        $this->client = $var;
 
         return $this;
     }

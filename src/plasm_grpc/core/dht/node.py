@@ -242,6 +242,8 @@ class OutgoingRequest:
     rpc: int
     contact: Contact
     request: Request
+    client: bool = False
+    """Send with the wire's `client` flag: this node is in client mode."""
 
 
 # -- internal state ----------------------------------------------------------------------
@@ -253,6 +255,8 @@ class _Purpose(enum.Enum):
     EVICT_CHECK = "evict_check"
     LEARN = "learn"
     """Ping an unknown requester, or a new contact for its record."""
+    ANNOUNCE = "announce"
+    """Ping a table contact to tell it this node is now a client."""
 
 
 @dataclass(slots=True)
@@ -329,6 +333,7 @@ class DhtNode:
         self._next_operation = 0
         self._expiries: list[tuple[float, int, Key | None, str]] = []
         self._expiry_seq = 0
+        self._client_mode = False
 
     # -- API -----------------------------------------------------------------------------
 
@@ -356,6 +361,31 @@ class DhtNode:
 
     def operations_running(self) -> int:
         return len(self._operations)
+
+    @property
+    def client_mode(self) -> bool:
+        return self._client_mode
+
+    def set_client_mode(self, client: bool) -> bool:
+        """Act as a DHT client (this node is not reachable) or as a full node again.
+
+        A client marks every request it sends (`OutgoingRequest.client`), so
+        receivers answer it but never add it to their tables nor refer others
+        to it, and it refuses to store records and provider entries for others
+        (nobody should be sent to it to read them). It still looks things up
+        and stores its own record and provider entries on full nodes.
+
+        Switching to client mode pings every contact in the table once, so
+        peers that added this node while it was a full node drop it now rather
+        than at its next request. Returns whether the mode changed.
+        """
+        if client == self._client_mode:
+            return False
+        self._client_mode = client
+        if client:
+            for contact in self.table.contacts():
+                self._send(contact, Ping(), _Purpose.ANNOUNCE)
+        return True
 
     def bootstrap(self, seeds: Iterable[Contact], now: float) -> int:
         """Join through `seeds` by looking up our own id (section 2.3).
@@ -446,15 +476,26 @@ class DhtNode:
         return False
 
     def handle_request(
-        self, sender: Contact, request: Request, now: float, *, admitted: bool = False
+        self,
+        sender: Contact,
+        request: Request,
+        now: float,
+        *,
+        admitted: bool = False,
+        client: bool = False,
     ) -> Response:
         """Answer an RPC from `sender`, whose node id the transport authenticated.
 
         `admitted` says the transport already charged it through `admit`.
+        `client` is the request's client flag: the sender is answered, but
+        leaves (or never enters) the routing table, so it is never referred.
         """
         if not admitted and not self.admit(sender.node_id, now):
             return Refused(reason="rate limited")
-        self._learn_requester(sender, now)
+        if client:
+            self._drop_client(sender)
+        else:
+            self._learn_requester(sender, now)
         match request:
             case Ping():
                 return Pong(record=self._own.envelope if self._own else None)
@@ -481,6 +522,8 @@ class DhtNode:
                     providers=tuple(r.envelope for r in held),
                     closer=self._closer(key, sender),
                 )
+            case PutRecord() | AddProvider() if self._client_mode:
+                return StoreReply(stored=False, reason="client mode: not a storage node")
             case PutRecord(record=envelope):
                 return self._store_record(sender, envelope, now)
             case AddProvider(key=key, record=envelope):
@@ -491,6 +534,15 @@ class DhtNode:
         if sender.node_id in self.table:
             contacts = [c for c in contacts if c.node_id != sender.node_id]
         return tuple(contacts[: self.settings.k])
+
+    def _drop_client(self, sender: Contact) -> None:
+        """A requester in client mode: out of the table (and its replacement cache)."""
+        known = sender.node_id in self.table
+        promoted = self.table.remove(sender.node_id)
+        if known:
+            self._events.append(PeerEvicted(contact=sender, reason="client mode"))
+        if promoted is not None:
+            self._events.append(PeerAdded(contact=promoted))
 
     def _learn_requester(self, sender: Contact, now: float) -> None:
         """Ping an unknown requester; it enters the table only if it answers."""
@@ -626,7 +678,11 @@ class DhtNode:
     ) -> None:
         self._next_rpc += 1
         self._rpcs[self._next_rpc] = _Rpc(contact=contact, purpose=purpose, operation=operation)
-        self._outbox.append(OutgoingRequest(rpc=self._next_rpc, contact=contact, request=request))
+        self._outbox.append(
+            OutgoingRequest(
+                rpc=self._next_rpc, contact=contact, request=request, client=self._client_mode
+            )
+        )
         if purpose is _Purpose.LEARN:
             self._learn_pings += 1
         if operation:

@@ -118,6 +118,7 @@ class _Deliver:
     request: Request
     deadline: float
     """When the requester gives up (its RPC timeout)."""
+    client: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +325,9 @@ class SimNetwork:
 
     def _deliver(self, event: _SimEvent) -> None:
         match event:
-            case _Deliver(src=src, dest=dest, rpc=rpc, request=request, deadline=deadline):
+            case _Deliver(
+                src=src, dest=dest, rpc=rpc, request=request, deadline=deadline, client=client
+            ):
                 node = self.nodes.get(dest)
                 if node is None or not node.alive:
                     self._time_out(src, rpc, deadline)
@@ -333,7 +336,7 @@ class SimNetwork:
                 if node.adversary:
                     response = self._lie(request)
                 else:
-                    response = node.dht.handle_request(sender, request, self.now)
+                    response = node.dht.handle_request(sender, request, self.now, client=client)
                     self._pump(node)
                 delay = self._latency()
                 if self.rng.random() < self.loss or self.now + delay >= deadline:
@@ -393,6 +396,7 @@ class SimNetwork:
                         rpc=out.rpc,
                         request=out.request,
                         deadline=deadline,
+                        client=out.client,
                     ),
                 )
         while (event := node.dht.next_event()) is not None:

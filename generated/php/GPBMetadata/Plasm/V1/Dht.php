@@ -19,7 +19,8 @@ class Dht
         \GPBMetadata\Plasm\V1\Envelope::initOnce();
         $pool->internalAddGeneratedFile(
             '
-§	
+‡
+
 plasm/v1/dht.protoplasm.v1plasm/v1/capability.protoplasm/v1/envelope.proto"º
 
 PeerRecord
@@ -34,32 +35,38 @@ expires_at (2.google.protobuf.Timestamp"9
 DhtContact
 node_id (
 host (	
-port ("
-DhtPingRequest";
+port (" 
+DhtPingRequest
+client (";
 DhtPingResponse(
-record (2.plasm.v1.SignedEnvelope"$
+record (2.plasm.v1.SignedEnvelope"4
 DhtFindNodeRequest
-target (";
+target (
+client (";
 DhtFindNodeResponse$
-closer (2.plasm.v1.DhtContact""
+closer (2.plasm.v1.DhtContact"2
 DhtGetRecordRequest
-key ("f
+key (
+client ("f
 DhtGetRecordResponse(
 record (2.plasm.v1.SignedEnvelope$
-closer (2.plasm.v1.DhtContact"?
+closer (2.plasm.v1.DhtContact"O
 DhtPutRecordRequest(
-record (2.plasm.v1.SignedEnvelope"6
+record (2.plasm.v1.SignedEnvelope
+client ("6
 DhtPutRecordResponse
 stored (
-reason (	"N
+reason (	"^
 DhtAddProviderRequest
 key ((
-record (2.plasm.v1.SignedEnvelope"8
+record (2.plasm.v1.SignedEnvelope
+client ("8
 DhtAddProviderResponse
 stored (
-reason (	"%
+reason (	"5
 DhtGetProvidersRequest
-key ("l
+key (
+client ("l
 DhtGetProvidersResponse+
 	providers (2.plasm.v1.SignedEnvelope$
 closer (2.plasm.v1.DhtContact"}
