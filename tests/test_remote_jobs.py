@@ -773,3 +773,40 @@ def test_a_client_whose_deadline_passed_is_told_where_its_job_may_have_run(
     _, (_, _, details) = _overrun(a, b, wasm.bytes("infinite_loop"))
     assert b.node_id[:16] in details, details
     assert "may have run" in details, details
+
+
+def test_a_peer_cannot_take_a_job_id_this_nodes_own_client_is_using(
+    net: list[Daemon], wasm: WasmModules
+) -> None:
+    """Jobs of local clients and of peers share one receipt store: one id space."""
+    _, b, _ = net
+    loop = wasm.bytes("infinite_loop")
+    job_id = _job_id()
+    local = capability_pb2.PlacementRequirements(mode=capability_pb2.PLACEMENT_MODE_LOCAL)
+    request = _request(loop, job_id, placement=local, max_fuel=BIG_FUEL, timeout_ms=LONG_MS)
+    key = NodeKey.from_seed(os.urandom(32))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(lambda: b.stub.Submit(request, timeout=SUBMIT_S))
+        wait_until(lambda: b.node_info().jobs_running == 1, timeout=20, what="B's own job")
+
+        async def talk(conn: OverlayConnection) -> None:
+            offer = job_pb2.JobOffer(
+                job_id=job_id,
+                module_sha256=hashlib.sha256(loop).hexdigest(),
+                module_size=len(loop),
+                requester_node_id=key.node_id,
+                input_sha256=input_sha256((), (), b""),
+            )
+            offer.deadline.FromNanoseconds(time.time_ns() + 30_000_000_000)
+            reply = job_pb2.JobResponse()
+            reply.ParseFromString(await conn.request(OFFER_METHOD, offer.SerializeToString(), 20))
+            assert reply.HasField("decline"), reply
+            decline = job_pb2.JobDecline()
+            decline.ParseFromString(reply.decline.payload)
+            assert decline.reason == D.DECLINE_REASON_DUPLICATE_JOB
+
+        _as_stranger(b, key, talk)
+        assert b.stub.Cancel(service_pb2.CancelRequest(job_id=job_id), timeout=10).cancelled
+        result = pending.result(timeout=30).result
+    assert result.outcome == receipt_pb2.OUTCOME_CANCELLED
+    assert _body(result).requester_node_id == b.node_id

@@ -296,6 +296,9 @@ async def start_node(config: Config, log: EventLog) -> Node:
                 settings=_router_settings(config),
                 log=log,
             )
+            if worker is not None:  # one job-id space: both store receipts here
+                worker.job_id_in_use = router.has_job
+                router.job_id_taken = worker.has_job
             servicer = PlasmServicer(
                 executor,
                 NodeFacts(

@@ -88,6 +88,7 @@ from plasm_grpc.net import (
 )
 from plasm_grpc.remote import messages
 from plasm_grpc.remote.messages import OFFER_METHOD, RUN_METHOD, STATUS_METHOD
+from plasm_grpc.sandbox.runner import CancelFlag
 
 _HASH_INLINE_BYTES: Final = 256 * 1024
 _MAX_DETAIL: Final = 300  # a peer's text in our events and errors
@@ -135,6 +136,8 @@ class _Job:
     result: RoutedJob | None = None
     # A JobRun sent right behind the offer (the worker was known to hold the module).
     pipelined: asyncio.Future[bytes] | None = None
+    # For a local run: settable before the executor has admitted the job.
+    flag: CancelFlag = field(default_factory=CancelFlag)
 
     def drop_pipelined(self) -> None:
         """Abandon a pipelined JobRun that will not be used (it is refused or cancelled)."""
@@ -178,6 +181,9 @@ class JobRouter:
         self._holds: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._draining = False
         self._background: set[asyncio.Future[None]] = set()
+        # Whether a peer's job holds this id on this node's worker (the daemon
+        # wires it): jobs of both kinds share one receipt store, so one id space.
+        self.job_id_taken: Callable[[str], bool] = lambda _: False
 
     # -- the api's JobRouter ---------------------------------------------------------------
 
@@ -187,9 +193,9 @@ class JobRouter:
         if self._draining:
             raise PlacementError("SHUTTING_DOWN", "node is shutting down; not accepting jobs")
         if (
-            job_id in self._jobs
-            or job_id in self._claimed
-            or job_id in self._ended
+            self.has_job(job_id)
+            or self.job_id_taken(job_id)
+            or self.executor.state(job_id) is not None
             or self.executor.store.get(job_id)
         ):
             raise PlacementError("INVALID_REQUEST", f"job id {job_id} is already used on this node")
@@ -225,6 +231,10 @@ class JobRouter:
         # Shielded: the job goes on if the client goes away (Cancel stops it).
         return await asyncio.shield(task)
 
+    def has_job(self, job_id: str) -> bool:
+        """A job of this node's clients uses `job_id` (the worker must not take it)."""
+        return job_id in self._jobs or job_id in self._claimed or job_id in self._ended
+
     def cancel(self, job_id: str) -> bool | None:
         entry = self._jobs.get(job_id)
         if entry is None:
@@ -240,6 +250,7 @@ class JobRouter:
         if isinstance(action, CancelRemote):
             self._spawn(self._cancel_remote(action.candidate, job_id))
         elif isinstance(action, CancelLocal):
+            entry.flag.cancel("cancelled by the client")
             self.executor.cancel(job_id, "cancelled by the client")
         elif isinstance(action, AbortPending) and entry.abortable and entry.task is not None:
             entry.aborting = True
@@ -277,7 +288,7 @@ class JobRouter:
                     return entry.result
                 if isinstance(action, Fail):
                     metrics.JOBS_FAILED.inc(action.error_reason)
-                    if action.release is not None and entry.lease_id:
+                    if action.release is not None:  # it may hold a lease: free it now
                         self._spawn(self._cancel_remote(action.release, session.job_id))
                     self.log.event(
                         "job_not_placed",
@@ -524,6 +535,7 @@ class JobRouter:
     async def _offer(self, entry: _Job, action: SendOffer) -> Action:
         session = entry.session
         c = action.candidate
+        entry.lease_id = ""  # a pipelined JobRun must not carry the last worker's lease
         self._count(entry, c.node_id)
         assert self.overlay is not None
         try:
@@ -553,6 +565,8 @@ class JobRouter:
             reply = await offered
         except TimeoutError:
             entry.drop_pipelined()
+            # A late acceptance would hold a place there until its lease expires.
+            self._spawn(self._cancel_remote(c, session.job_id))
             return session.attempt_failed(
                 AttemptResult.TIMEOUT,
                 "no answer to the offer in time",
@@ -777,8 +791,9 @@ class JobRouter:
                 reply = await connection.request(STATUS_METHOD, query, 2 * interval)
             except TimeoutError:
                 misses += 1
-            except ConnectionClosedError:
-                return None  # the call fails with the reason
+            except ConnectionClosedError as err:
+                # The run may not have seen the close yet; it cannot finish now.
+                return f"the connection closed: {_clip(err.reason)}"
             except RemoteCallError:
                 misses += 1
             else:
@@ -865,7 +880,9 @@ class JobRouter:
         if mismatch is not None:
             return session.local_refused("PLACEMENT_UNAVAILABLE", mismatch, self._clock())
         try:
-            done = await self.executor.submit(entry.request, job_id=session.job_id)
+            done = await self.executor.submit(
+                entry.request, job_id=session.job_id, cancel=entry.flag
+            )
         except AdmissionError as err:
             return session.local_refused(err.reason, str(err), self._clock())
         ex = done.execution

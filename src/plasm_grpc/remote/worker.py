@@ -85,12 +85,26 @@ class JobWorker:
         self._held: dict[str, int] = {}  # requester -> jobs admitted (not leases)
         self._finished: OrderedDict[str, str] = OrderedDict()  # job id -> requester
         self._expiry: asyncio.TimerHandle | None = None
+        # Whether this node's own clients use a job id (the daemon wires the
+        # router's has_job): both share one receipt store, so one id space.
+        self.job_id_in_use: Callable[[str], bool] = lambda _: False
 
     def attach(self, overlay: OverlayEndpoint) -> None:
         overlay.handle(messages.OFFER_METHOD, self._offer)
         overlay.handle(messages.RUN_METHOD, self._run)
         overlay.handle(messages.STATUS_METHOD, self._status)
         overlay.handle(messages.CANCEL_METHOD, self._cancel)
+
+    def _release_share(self, peer: str) -> None:
+        left = self._held.get(peer, 1) - 1
+        if left > 0:
+            self._held[peer] = left
+        else:
+            self._held.pop(peer, None)
+
+    def has_job(self, job_id: str) -> bool:
+        """A peer's job holds `job_id` here (leased, checked, queued or running)."""
+        return job_id in self._jobs
 
     def close(self) -> None:
         if self._expiry is not None:
@@ -151,7 +165,8 @@ class JobWorker:
                 detail="requester_node_id is not the identity of the connection it came on",
             )
         taken = (
-            offer.job_id in self._jobs
+            self.job_id_in_use(offer.job_id)
+            or offer.job_id in self._jobs
             or offer.job_id in self._finished
             or self.executor.state(offer.job_id) is not None
             or self.executor.store.get(offer.job_id) is not None
@@ -193,12 +208,15 @@ class JobWorker:
         offer = lease.offer
         job = self._jobs[run.job_id]
         job.state = "checking"
+        # Counted against the requester's share from here (the lease no longer is).
+        self._held[peer] = self._held.get(peer, 0) + 1
         try:
             await self._check_arrival(run, offer)
             if job.flag.cancelled:  # a Cancel came while the job was checked
                 raise RequestRefusedError("cancelled by the requester before it started")
         except BaseException as err:  # refused, or the requester went away meanwhile
             self._jobs.pop(run.job_id, None)
+            self._release_share(peer)
             self.executor.release_reservation()
             if isinstance(err, RequestRefusedError):
                 self.log.event(
@@ -206,7 +224,6 @@ class JobWorker:
                 )
             raise
         job.state = "queued"
-        self._held[peer] = self._held.get(peer, 0) + 1
         submitted = asyncio.ensure_future(
             self.executor.submit(
                 JobRequest(
@@ -281,11 +298,10 @@ class JobWorker:
 
     def _job_ended(self, job_id: str, peer: str, submitted: asyncio.Future[Any]) -> None:
         self._jobs.pop(job_id, None)
-        left = self._held.get(peer, 1) - 1
-        if left > 0:
-            self._held[peer] = left
-        else:
-            self._held.pop(peer, None)
+        if submitted.done():
+            self._release_share(peer)
+        else:  # abandoned: the job holds its place until the executor lets it go
+            submitted.add_done_callback(lambda _: self._release_share(peer))
         self._finished[job_id] = peer
         while len(self._finished) > _FINISHED_REMEMBERED:
             self._finished.popitem(last=False)
@@ -309,7 +325,15 @@ class JobWorker:
             else:
                 state = job_pb2.WORKER_JOB_STATE_QUEUED
         elif self._finished.get(job_id) == peer:
-            state = job_pb2.WORKER_JOB_STATE_FINISHED
+            # An abandoned job may still be stopping in the executor.
+            running = self.executor.state(job_id)
+            state = (
+                job_pb2.WORKER_JOB_STATE_FINISHED
+                if running is None
+                else job_pb2.WORKER_JOB_STATE_RUNNING
+                if running == "running"
+                else job_pb2.WORKER_JOB_STATE_QUEUED
+            )
         return job_pb2.JobStatus(state=state).SerializeToString()
 
     async def _cancel(self, peer: str, payload: bytes) -> bytes:

@@ -43,7 +43,7 @@ class Offer:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerPolicy:
-    """What a worker will take. Fixed for the life of the process."""
+    """What a worker will take. Replaced as a whole on reload (SIGHUP)."""
 
     accept_jobs: bool
     arch: str
