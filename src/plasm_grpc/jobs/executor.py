@@ -34,12 +34,12 @@ from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.limits import ResourceLimits, resolve_limits
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.core.receipt import Receipt
+from plasm_grpc.jobs.hashing import arg_env_bytes, module_sha256
 from plasm_grpc.logs import EventLog
 from plasm_grpc.sandbox.cache import ModuleUnavailableError
 from plasm_grpc.sandbox.runner import CancelFlag, Execution, JobSpec, Sandbox
 from plasm_grpc.store.receipts import ReceiptStore
 
-_HASH_INLINE_BYTES = 256 * 1024
 _UNRUNNABLE = frozenset({Outcome.INVALID_MODULE, Outcome.UNKNOWN_IMPORT, Outcome.COMPILE_LIMIT})
 # Uploaded bytes are kept for submit-by-hash only once they compiled; a job
 # cancelled before it started was never compiled.
@@ -232,13 +232,11 @@ class JobExecutor:
                 f"{len(req.args)} args and {len(req.env)} env vars; this node accepts at most "
                 f"{lim.max_args} and {lim.max_env}",
             )
-        arg_env_bytes = sum(len(a.encode()) for a in req.args) + sum(
-            len(k.encode()) + len(v.encode()) for k, v in req.env
-        )
-        if arg_env_bytes > lim.max_arg_env_bytes:
+        text_bytes = arg_env_bytes(req.args, req.env)
+        if text_bytes > lim.max_arg_env_bytes:
             raise AdmissionError(
                 "INPUT_TOO_LARGE",
-                f"args and env total {arg_env_bytes} bytes; this node accepts at most "
+                f"args and env total {text_bytes} bytes; this node accepts at most "
                 f"{lim.max_arg_env_bytes}",
             )
         for text in (*req.args, *(k for k, _ in req.env), *(v for _, v in req.env)):
@@ -338,10 +336,8 @@ class JobExecutor:
         module_sha = ""
         if len(req.module) > self.input_limits.max_module_bytes:
             pass  # refused by _check_input before the hash matters
-        elif len(req.module) > _HASH_INLINE_BYTES:
-            module_sha = await asyncio.to_thread(sha256_hex, req.module)
         elif req.module:
-            module_sha = sha256_hex(req.module)
+            module_sha = await module_sha256(req.module)
         self._refuse_if_draining()  # may have begun while a large module was hashed
         sha, limits = self._check_input(req, module_sha)
         if job_id is None:

@@ -52,8 +52,6 @@ from plasm_grpc.core.dht.records import (
     requirement_class,
 )
 from plasm_grpc.core.errors import InvalidIdError, VerificationError
-from plasm_grpc.core.ids import sha256_hex
-from plasm_grpc.core.input_hash import input_sha256
 from plasm_grpc.core.jobs.events import DeclineReason, EventKind
 from plasm_grpc.core.jobs.placement import Candidate, Placement, PlacementMode, rank
 from plasm_grpc.core.jobs.session import (
@@ -76,6 +74,7 @@ from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.jobs.events import JobEventBus
 from plasm_grpc.jobs.executor import AdmissionError, JobExecutor, JobRequest
+from plasm_grpc.jobs.hashing import arg_env_bytes, job_input_sha256, module_sha256
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net import (
     ConnectionClosedError,
@@ -90,7 +89,6 @@ from plasm_grpc.remote import messages
 from plasm_grpc.remote.messages import OFFER_METHOD, RUN_METHOD, STATUS_METHOD
 from plasm_grpc.sandbox.runner import CancelFlag
 
-_HASH_INLINE_BYTES: Final = 256 * 1024
 _MAX_DETAIL: Final = 300  # a peer's text in our events and errors
 _WORKERS_LOOKED_UP: Final = 20
 _ENDED_REMEMBERED: Final = 4096
@@ -220,7 +218,7 @@ class JobRouter:
             module_sha256=module_sha,
             input_sha256=""
             if placement.mode is PlacementMode.LOCAL
-            else input_sha256(job.args, job.env, job.stdin),
+            else await job_input_sha256(job.args, job.env, job.stdin),
             module=module,
         )
         self._jobs[job_id] = entry
@@ -385,11 +383,7 @@ class JobRouter:
         if job.module:
             if len(job.module) > self.executor.input_limits.max_module_bytes:
                 return job.module_sha256, job.module  # the executor refuses it, with sizes
-            sha = (
-                await asyncio.to_thread(sha256_hex, job.module)
-                if len(job.module) > _HASH_INLINE_BYTES
-                else sha256_hex(job.module)
-            )
+            sha = await module_sha256(job.module)
             if job.module_sha256 and job.module_sha256 != sha:
                 raise PlacementError(
                     "MODULE_HASH_MISMATCH",
@@ -643,11 +637,7 @@ class JobRouter:
     def _offer_pb(self, entry: _Job) -> job_pb2.JobOffer:
         session, job = entry.session, entry.request
         placement = session.placement
-        input_size = (
-            len(job.stdin)
-            + sum(len(a.encode()) for a in job.args)
-            + sum(len(k.encode()) + len(v.encode()) for k, v in job.env)
-        )
+        input_size = len(job.stdin) + arg_env_bytes(job.args, job.env)
         offer = job_pb2.JobOffer(
             job_id=session.job_id,
             limits=wire.limits_to_pb(job.limits),

@@ -28,8 +28,6 @@ from plasm.v1 import job_pb2, receipt_pb2
 
 from plasm_grpc import wire
 from plasm_grpc.core import envelope as envelopes
-from plasm_grpc.core.ids import sha256_hex
-from plasm_grpc.core.input_hash import input_sha256
 from plasm_grpc.core.jobs.admission import (
     Decline,
     LeaseBook,
@@ -42,6 +40,7 @@ from plasm_grpc.core.jobs.admission import (
 from plasm_grpc.core.jobs.events import DeclineReason
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.jobs.executor import AdmissionError, JobExecutor, JobRequest
+from plasm_grpc.jobs.hashing import job_input_sha256, module_sha256
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net import OverlayEndpoint, RequestRefusedError
 from plasm_grpc.remote import messages
@@ -49,7 +48,6 @@ from plasm_grpc.remote.messages import JobWireError
 from plasm_grpc.sandbox.runner import CancelFlag
 
 _FINISHED_REMEMBERED: Final = 4096
-_HASH_INLINE_BYTES: Final = 256 * 1024  # job ids whose Status answers FINISHED
 _ADMISSION_DECLINES: Final = {
     "BUSY": DeclineReason.BUSY,
     "SHUTTING_DOWN": DeclineReason.SHUTTING_DOWN,
@@ -273,7 +271,7 @@ class JobWorker:
                 raise RequestRefusedError(
                     f"module is {len(run.module)} bytes; the offer said {offer.module_size}"
                 )
-            actual = await _hashed(sha256_hex, run.module, len(run.module))
+            actual = await module_sha256(run.module)
             if actual != offer.module_sha256:
                 raise RequestRefusedError(
                     f"module hashes to {actual}; the offer said {offer.module_sha256}"
@@ -283,9 +281,7 @@ class JobWorker:
                 f"MODULE_NOT_FOUND: this node no longer holds module {offer.module_sha256}"
             )
         env = tuple((e.name, e.value) for e in run.env)
-        actual_input = await _hashed(
-            lambda _: input_sha256(tuple(run.args), env, run.stdin), b"", len(run.stdin)
-        )
+        actual_input = await job_input_sha256(tuple(run.args), env, run.stdin)
         if actual_input != offer.input_sha256:
             raise RequestRefusedError(
                 f"input hashes to {actual_input}; the offer said {offer.input_sha256}"
@@ -382,13 +378,6 @@ class JobWorker:
             self._arm_expiry()
 
         self._expiry = loop.call_later(delay, fire)
-
-
-async def _hashed(hash_: Callable[[bytes], str], data: bytes, size: int) -> str:
-    """`hash_(data)`, in a thread when there are many bytes to hash."""
-    if size > _HASH_INLINE_BYTES:
-        return await asyncio.to_thread(hash_, data)
-    return hash_(data)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
