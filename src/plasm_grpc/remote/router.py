@@ -74,7 +74,12 @@ from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.jobs.events import JobEventBus
 from plasm_grpc.jobs.executor import AdmissionError, JobExecutor, JobRequest
-from plasm_grpc.jobs.hashing import arg_env_bytes, job_input_sha256, module_sha256
+from plasm_grpc.jobs.hashing import (
+    arg_env_bytes,
+    job_input_sha256,
+    module_sha256,
+    off_loop_if_large,
+)
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net import (
     ConnectionClosedError,
@@ -736,7 +741,7 @@ class JobRouter:
         except DecodeError:
             problem: str | None = "the result does not decode"
         else:
-            problem = self._check_result(entry, c.node_id, result)
+            problem = await self._check_result(entry, c.node_id, result)
         if problem is not None:
             self._distrust(c.node_id, session.job_id, problem)
             return session.attempt_failed(AttemptResult.BAD_RECEIPT, problem, self._clock())
@@ -798,16 +803,22 @@ class JobRouter:
             if misses >= self.settings.heartbeat_misses:
                 return f"the worker stopped answering ({misses} status checks in a row)"
 
-    def _check_result(self, entry: _Job, worker: str, result: job_pb2.JobResult) -> str | None:
+    async def _check_result(
+        self, entry: _Job, worker: str, result: job_pb2.JobResult
+    ) -> str | None:
         """Why the result cannot be trusted, or None when every check passes."""
         session, job = entry.session, entry.request
         if result.job_id != session.job_id:
             return f"the result is for job {result.job_id[:40]!r}"
-        checked = verify_receipt(
-            wire.envelope_from_pb(result.receipt),
-            expected_executor_node_id=worker,
-            stdout=result.stdout,
-            stderr=result.stderr,
+        # Up to 40 MiB of output to hash: off the event loop when large.
+        checked = await off_loop_if_large(
+            lambda: verify_receipt(
+                wire.envelope_from_pb(result.receipt),
+                expected_executor_node_id=worker,
+                stdout=result.stdout,
+                stderr=result.stderr,
+            ),
+            len(result.stdout) + len(result.stderr),
         )
         failed = [c for c in checked.checks if not c.passed]
         if failed:
