@@ -51,6 +51,13 @@ class PeerRecord extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>.google.protobuf.Timestamp expires_at = 5;</code>
      */
     protected $expires_at = null;
+    /**
+     * Relays that forward to this node (docs/reachability.md), for a node that
+     * cannot be dialled directly; then addresses is usually empty. At most 4.
+     *
+     * Generated from protobuf field <code>repeated .plasm.v1.RelayAddress relays = 6;</code>
+     */
+    private $relays;
 
     /**
      * Constructor.
@@ -69,6 +76,9 @@ class PeerRecord extends \Google\Protobuf\Internal\Message
      *     @type \Google\Protobuf\Timestamp $expires_at
      *           After this instant the record must not be stored or used. At most 24
      *           hours after created_at.
+     *     @type array<\Plasm\V1\RelayAddress>|\Google\Protobuf\Internal\RepeatedField $relays
+     *           Relays that forward to this node (docs/reachability.md), for a node that
+     *           cannot be dialled directly; then addresses is usually empty. At most 4.
      * }
      */
     public function __construct($data = NULL) {
@@ -234,6 +244,34 @@ class PeerRecord extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkMessage($var, \Google\Protobuf\Timestamp::class);
         $this->expires_at = $var;
+
+        return $this;
+    }
+
+    /**
+     * Relays that forward to this node (docs/reachability.md), for a node that
+     * cannot be dialled directly; then addresses is usually empty. At most 4.
+     *
+     * Generated from protobuf field <code>repeated .plasm.v1.RelayAddress relays = 6;</code>
+     * @return \Google\Protobuf\Internal\RepeatedField
+     */
+    public function getRelays()
+    {
+        return $this->relays;
+    }
+
+    /**
+     * Relays that forward to this node (docs/reachability.md), for a node that
+     * cannot be dialled directly; then addresses is usually empty. At most 4.
+     *
+     * Generated from protobuf field <code>repeated .plasm.v1.RelayAddress relays = 6;</code>
+     * @param array<\Plasm\V1\RelayAddress>|\Google\Protobuf\Internal\RepeatedField $var
+     * @return $this
+     */
+    public function setRelays($var)
+    {
+        $arr = GPBUtil::checkRepeatedField($var, \Google\Protobuf\Internal\GPBType::MESSAGE, \Plasm\V1\RelayAddress::class);
+        $this->relays = $arr;
 
         return $this;
     }

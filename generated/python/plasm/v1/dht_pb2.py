@@ -27,7 +27,7 @@ from plasm.v1 import capability_pb2 as plasm_dot_v1_dot_capability__pb2
 from plasm.v1 import envelope_pb2 as plasm_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12plasm/v1/dht.proto\x12\x08plasm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19plasm/v1/capability.proto\x1a\x17plasm/v1/envelope.proto\"\xba\x01\n\nPeerRecord\x12\x11\n\taddresses\x18\x01 \x03(\t\x12,\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x16.plasm.v1.Capabilities\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\nDhtContact\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\" \n\x0e\x44htPingRequest\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\";\n\x0f\x44htPingResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\"4\n\x12\x44htFindNodeRequest\x12\x0e\n\x06target\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\";\n\x13\x44htFindNodeResponse\x12$\n\x06\x63loser\x18\x01 \x03(\x0b\x32\x14.plasm.v1.DhtContact\"2\n\x13\x44htGetRecordRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\"f\n\x14\x44htGetRecordResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12$\n\x06\x63loser\x18\x02 \x03(\x0b\x32\x14.plasm.v1.DhtContact\"O\n\x13\x44htPutRecordRequest\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\"6\n\x14\x44htPutRecordResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"^\n\x15\x44htAddProviderRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12(\n\x06record\x18\x02 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\"8\n\x16\x44htAddProviderResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"5\n\x16\x44htGetProvidersRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\"l\n\x17\x44htGetProvidersResponse\x12+\n\tproviders\x18\x01 \x03(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12$\n\x06\x63loser\x18\x02 \x03(\x0b\x32\x14.plasm.v1.DhtContact\"}\n\x14RoutingTableSnapshot\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12,\n\x08saved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08\x63ontacts\x18\x03 \x03(\x0b\x32\x14.plasm.v1.DhtContactb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12plasm/v1/dht.proto\x12\x08plasm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19plasm/v1/capability.proto\x1a\x17plasm/v1/envelope.proto\"\xe2\x01\n\nPeerRecord\x12\x11\n\taddresses\x18\x01 \x03(\t\x12,\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x16.plasm.v1.Capabilities\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06relays\x18\x06 \x03(\x0b\x32\x16.plasm.v1.RelayAddress\"6\n\x0cRelayAddress\x12\x15\n\rrelay_node_id\x18\x01 \x01(\x0c\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"9\n\nDhtContact\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\" \n\x0e\x44htPingRequest\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\";\n\x0f\x44htPingResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\"4\n\x12\x44htFindNodeRequest\x12\x0e\n\x06target\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\";\n\x13\x44htFindNodeResponse\x12$\n\x06\x63loser\x18\x01 \x03(\x0b\x32\x14.plasm.v1.DhtContact\"2\n\x13\x44htGetRecordRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\"f\n\x14\x44htGetRecordResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12$\n\x06\x63loser\x18\x02 \x03(\x0b\x32\x14.plasm.v1.DhtContact\"O\n\x13\x44htPutRecordRequest\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\"6\n\x14\x44htPutRecordResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"^\n\x15\x44htAddProviderRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12(\n\x06record\x18\x02 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\"8\n\x16\x44htAddProviderResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"5\n\x16\x44htGetProvidersRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63lient\x18\x0f \x01(\x08\"l\n\x17\x44htGetProvidersResponse\x12+\n\tproviders\x18\x01 \x03(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12$\n\x06\x63loser\x18\x02 \x03(\x0b\x32\x14.plasm.v1.DhtContact\"}\n\x14RoutingTableSnapshot\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12,\n\x08saved_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08\x63ontacts\x18\x03 \x03(\x0b\x32\x14.plasm.v1.DhtContactb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'plasm.v1.dht_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PEERRECORD']._serialized_start=118
-  _globals['_PEERRECORD']._serialized_end=304
-  _globals['_DHTCONTACT']._serialized_start=306
-  _globals['_DHTCONTACT']._serialized_end=363
-  _globals['_DHTPINGREQUEST']._serialized_start=365
-  _globals['_DHTPINGREQUEST']._serialized_end=397
-  _globals['_DHTPINGRESPONSE']._serialized_start=399
-  _globals['_DHTPINGRESPONSE']._serialized_end=458
-  _globals['_DHTFINDNODEREQUEST']._serialized_start=460
-  _globals['_DHTFINDNODEREQUEST']._serialized_end=512
-  _globals['_DHTFINDNODERESPONSE']._serialized_start=514
-  _globals['_DHTFINDNODERESPONSE']._serialized_end=573
-  _globals['_DHTGETRECORDREQUEST']._serialized_start=575
-  _globals['_DHTGETRECORDREQUEST']._serialized_end=625
-  _globals['_DHTGETRECORDRESPONSE']._serialized_start=627
-  _globals['_DHTGETRECORDRESPONSE']._serialized_end=729
-  _globals['_DHTPUTRECORDREQUEST']._serialized_start=731
-  _globals['_DHTPUTRECORDREQUEST']._serialized_end=810
-  _globals['_DHTPUTRECORDRESPONSE']._serialized_start=812
-  _globals['_DHTPUTRECORDRESPONSE']._serialized_end=866
-  _globals['_DHTADDPROVIDERREQUEST']._serialized_start=868
-  _globals['_DHTADDPROVIDERREQUEST']._serialized_end=962
-  _globals['_DHTADDPROVIDERRESPONSE']._serialized_start=964
-  _globals['_DHTADDPROVIDERRESPONSE']._serialized_end=1020
-  _globals['_DHTGETPROVIDERSREQUEST']._serialized_start=1022
-  _globals['_DHTGETPROVIDERSREQUEST']._serialized_end=1075
-  _globals['_DHTGETPROVIDERSRESPONSE']._serialized_start=1077
-  _globals['_DHTGETPROVIDERSRESPONSE']._serialized_end=1185
-  _globals['_ROUTINGTABLESNAPSHOT']._serialized_start=1187
-  _globals['_ROUTINGTABLESNAPSHOT']._serialized_end=1312
+  _globals['_PEERRECORD']._serialized_end=344
+  _globals['_RELAYADDRESS']._serialized_start=346
+  _globals['_RELAYADDRESS']._serialized_end=400
+  _globals['_DHTCONTACT']._serialized_start=402
+  _globals['_DHTCONTACT']._serialized_end=459
+  _globals['_DHTPINGREQUEST']._serialized_start=461
+  _globals['_DHTPINGREQUEST']._serialized_end=493
+  _globals['_DHTPINGRESPONSE']._serialized_start=495
+  _globals['_DHTPINGRESPONSE']._serialized_end=554
+  _globals['_DHTFINDNODEREQUEST']._serialized_start=556
+  _globals['_DHTFINDNODEREQUEST']._serialized_end=608
+  _globals['_DHTFINDNODERESPONSE']._serialized_start=610
+  _globals['_DHTFINDNODERESPONSE']._serialized_end=669
+  _globals['_DHTGETRECORDREQUEST']._serialized_start=671
+  _globals['_DHTGETRECORDREQUEST']._serialized_end=721
+  _globals['_DHTGETRECORDRESPONSE']._serialized_start=723
+  _globals['_DHTGETRECORDRESPONSE']._serialized_end=825
+  _globals['_DHTPUTRECORDREQUEST']._serialized_start=827
+  _globals['_DHTPUTRECORDREQUEST']._serialized_end=906
+  _globals['_DHTPUTRECORDRESPONSE']._serialized_start=908
+  _globals['_DHTPUTRECORDRESPONSE']._serialized_end=962
+  _globals['_DHTADDPROVIDERREQUEST']._serialized_start=964
+  _globals['_DHTADDPROVIDERREQUEST']._serialized_end=1058
+  _globals['_DHTADDPROVIDERRESPONSE']._serialized_start=1060
+  _globals['_DHTADDPROVIDERRESPONSE']._serialized_end=1116
+  _globals['_DHTGETPROVIDERSREQUEST']._serialized_start=1118
+  _globals['_DHTGETPROVIDERSREQUEST']._serialized_end=1171
+  _globals['_DHTGETPROVIDERSRESPONSE']._serialized_start=1173
+  _globals['_DHTGETPROVIDERSRESPONSE']._serialized_end=1281
+  _globals['_ROUTINGTABLESNAPSHOT']._serialized_start=1283
+  _globals['_ROUTINGTABLESNAPSHOT']._serialized_end=1408
 # @@protoc_insertion_point(module_scope)

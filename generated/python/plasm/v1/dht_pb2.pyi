@@ -38,6 +38,7 @@ class PeerRecord(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    RELAYS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Increases with every record the node signs; a receiver keeps the highest."""
     @_builtins.property
@@ -58,6 +59,12 @@ class PeerRecord(_message.Message):
         hours after created_at.
         """
 
+    @_builtins.property
+    def relays(self) -> _containers.RepeatedCompositeFieldContainer[Global___RelayAddress]:
+        """Relays that forward to this node (docs/reachability.md), for a node that
+        cannot be dialled directly; then addresses is usually empty. At most 4.
+        """
+
     def __init__(
         self,
         *,
@@ -66,14 +73,43 @@ class PeerRecord(_message.Message):
         seq: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        relays: _abc.Iterable[Global___RelayAddress] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "capabilities", b"capabilities", "created_at", b"created_at", "expires_at", b"expires_at", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "capabilities", b"capabilities", "created_at", b"created_at", "expires_at", b"expires_at", "relays", b"relays", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PeerRecord: _TypeAlias = PeerRecord  # noqa: Y015
+
+@_typing.final
+class RelayAddress(_message.Message):
+    """A relay through which a node can be reached: dial the relay, then ask it
+    for a circuit ("plasm.v1.Relay/Connect", relay.proto).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELAY_NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    relay_node_id: _builtins.bytes
+    """The relay's raw 32-byte node id."""
+    address: _builtins.str
+    """The relay's overlay address, "host:port" (UDP)."""
+    def __init__(
+        self,
+        *,
+        relay_node_id: _builtins.bytes = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "relay_node_id", b"relay_node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayAddress: _TypeAlias = RelayAddress  # noqa: Y015
 
 @_typing.final
 class DhtContact(_message.Message):

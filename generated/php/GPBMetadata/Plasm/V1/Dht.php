@@ -19,9 +19,9 @@ class Dht
         \GPBMetadata\Plasm\V1\Envelope::initOnce();
         $pool->internalAddGeneratedFile(
             '
-‡
+ç
 
-plasm/v1/dht.protoplasm.v1plasm/v1/capability.protoplasm/v1/envelope.proto"º
+plasm/v1/dht.protoplasm.v1plasm/v1/capability.protoplasm/v1/envelope.proto"â
 
 PeerRecord
 	addresses (	,
@@ -30,7 +30,11 @@ PeerRecord
 
 created_at (2.google.protobuf.Timestamp.
 
-expires_at (2.google.protobuf.Timestamp"9
+expires_at (2.google.protobuf.Timestamp&
+relays (2.plasm.v1.RelayAddress"6
+RelayAddress
+relay_node_id (
+address (	"9
 
 DhtContact
 node_id (
