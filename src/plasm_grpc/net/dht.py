@@ -67,6 +67,7 @@ from plasm_grpc.core.dht.records import (
     Capabilities,
     PeerRecord,
     RecordCodec,
+    RelayAddress,
     WorkerRequirements,
     class_key,
     meets,
@@ -192,7 +193,9 @@ class DhtService:
         """Ids of the launched RPCs the node has had no answer for yet."""
         self._waiters: dict[int, asyncio.Future[OperationFinished]] = {}
         self._background: list[asyncio.Task[None]] = []
-        self._advertised: tuple[tuple[str, ...], Capabilities] | None = None
+        self._advertised: tuple[tuple[str, ...], tuple[RelayAddress, ...], Capabilities] | None = (
+            None
+        )
         self._publish_ops: set[int] = set()
         self._publish_pending = False
         """The last publication reached nobody: publish again once a peer appears."""
@@ -273,7 +276,10 @@ class DhtService:
         return await self.run_operation(lambda node, now: node.get_providers(key, now))
 
     async def advertise(
-        self, addresses: Sequence[str], capabilities: Capabilities
+        self,
+        addresses: Sequence[str],
+        capabilities: Capabilities,
+        relays: Sequence[RelayAddress] = (),
     ) -> list[OperationFinished]:
         """Sign and store this node's record and provider entries; await the stores.
 
@@ -281,20 +287,20 @@ class DhtService:
         as soon as it has peers when a publication found nobody to store at
         (a node advertising before its bootstrap finished, or a first node).
         """
-        self._advertised = (tuple(addresses), capabilities)
+        self._advertised = (tuple(addresses), tuple(relays), capabilities)
         return await self._run_all(self._start_publish)
 
     def update_capabilities(self, capabilities: Capabilities) -> None:
         """Advertise `capabilities` from the next republish on (no RPC now)."""
         if self._advertised is not None:
-            self._advertised = (self._advertised[0], capabilities)
+            self._advertised = (*self._advertised[:2], capabilities)
         self.node.update_capabilities(capabilities)
 
     def _start_publish(self, node: DhtNode, now: float) -> list[int]:
         assert self._advertised is not None
         self._publish_pending = False
-        addresses, capabilities = self._advertised
-        operations = node.advertise(addresses, capabilities, now)
+        addresses, relays, capabilities = self._advertised
+        operations = node.advertise(addresses, capabilities, now, relays)
         self._publish_ops.update(operations)
         return operations
 

@@ -47,7 +47,7 @@ from plasm_grpc.core.dht.messages import (
     Response,
     StoreReply,
 )
-from plasm_grpc.core.dht.records import Capabilities, RecordContent, RecordError
+from plasm_grpc.core.dht.records import Capabilities, RecordContent, RecordError, RelayAddress
 from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.errors import PlasmError
@@ -224,6 +224,12 @@ def _timestamp(seconds: float) -> Timestamp:
     return Timestamp(seconds=whole, nanos=nanos)
 
 
+def _relay_id(raw: bytes) -> str:
+    if len(raw) != 32:
+        raise DhtCodecError("PeerRecord.relays.relay_node_id is 32 bytes")
+    return raw.hex()
+
+
 def _seconds(ts: Timestamp, field: str) -> float:
     if not 0 <= ts.seconds <= _MAX_TIMESTAMP_SECONDS or not 0 <= ts.nanos < _NANOS:
         raise DhtCodecError(f"{field} is not a valid timestamp")
@@ -245,6 +251,12 @@ class ProtobufRecordCodec:
         return _serialize(
             dht_pb2.PeerRecord(
                 addresses=list(content.addresses),
+                relays=[
+                    dht_pb2.RelayAddress(
+                        relay_node_id=bytes.fromhex(r.relay_node_id), address=r.address
+                    )
+                    for r in content.relays
+                ],
                 capabilities=capabilities_to_pb(content.capabilities),
                 seq=content.seq,
                 created_at=_timestamp(content.created_at),
@@ -260,6 +272,10 @@ class ProtobufRecordCodec:
         try:
             return RecordContent(
                 addresses=tuple(msg.addresses),
+                relays=tuple(
+                    RelayAddress(relay_node_id=_relay_id(r.relay_node_id), address=r.address)
+                    for r in msg.relays
+                ),
                 capabilities=capabilities_from_pb(msg.capabilities),
                 seq=msg.seq,
                 created_at=_seconds(msg.created_at, "PeerRecord.created_at"),

@@ -66,6 +66,7 @@ from plasm_grpc.core.dht.records import (
     RecordContent,
     RecordRejectedError,
     RecordRejectReason,
+    RelayAddress,
     make_record,
     open_record,
     provider_keys,
@@ -319,7 +320,9 @@ class DhtNode:
         self._provided_by: dict[str, set[Key]] = {}
         self._peer_records: OrderedDict[str, PeerRecord] = OrderedDict()
         self._own: PeerRecord | None = None
-        self._own_content: tuple[tuple[str, ...], Capabilities] | None = None
+        self._own_content: tuple[tuple[str, ...], tuple[RelayAddress, ...], Capabilities] | None = (
+            None
+        )
         self._next_republish: float | None = None
         self._next_maintenance = now + self.settings.maintenance_interval
         self._rpcs: dict[int, _Rpc] = {}
@@ -404,7 +407,11 @@ class DhtNode:
         return self._start(OperationKind.GET_PROVIDERS, key, now)
 
     def advertise(
-        self, addresses: Iterable[str], capabilities: Capabilities, now: float
+        self,
+        addresses: Iterable[str],
+        capabilities: Capabilities,
+        now: float,
+        relays: Iterable[RelayAddress] = (),
     ) -> list[int]:
         """Sign a new own record and store it, and provider entries, in the DHT.
 
@@ -413,7 +420,7 @@ class DhtNode:
         """
         if self._key is None:
             raise ValueError("a node without a key cannot advertise")
-        self._own_content = (tuple(addresses), capabilities)
+        self._own_content = (tuple(addresses), tuple(relays), capabilities)
         return self._publish(now)
 
     def update_capabilities(self, capabilities: Capabilities) -> None:
@@ -423,17 +430,18 @@ class DhtNode:
         record is a hint between republishes, not a live view.
         """
         if self._own_content is not None:
-            self._own_content = (self._own_content[0], capabilities)
+            self._own_content = (*self._own_content[:2], capabilities)
 
     def _publish(self, now: float) -> list[int]:
         assert self._key is not None
         assert self._own_content is not None
-        addresses, capabilities = self._own_content
+        addresses, relays, capabilities = self._own_content
         # Milliseconds since the epoch, strictly increasing: a restarted node
         # needs no saved counter to outrank its previous records.
         seq = max(int(now * 1000), self._own.seq + 1 if self._own else 0)
         content = RecordContent(
             addresses=addresses,
+            relays=relays,
             capabilities=capabilities,
             seq=seq,
             created_at=now,

@@ -32,6 +32,7 @@ MAX_RECORD_BYTES: Final = 2048
 """Largest peer record payload accepted (a real one is a few hundred bytes)."""
 MAX_ADDRESSES: Final = 8
 MAX_ADDRESS_CHARS: Final = 260
+MAX_RELAYS: Final = 4
 MAX_TEXT_CHARS: Final = 64
 """Longest arch, os, runtime or WASI version string."""
 MAX_RECORD_TTL: Final = 24 * 3600.0
@@ -104,6 +105,22 @@ class Capabilities:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RelayAddress:
+    """A relay through which a node that cannot be dialled is reached."""
+
+    relay_node_id: str
+    address: str  # the relay's overlay "host:port"
+
+    def __post_init__(self) -> None:
+        try:
+            check_hex64(self.relay_node_id, "relay_node_id")
+        except ValueError as err:
+            raise RecordError(str(err)) from None
+        if not isinstance(self.address, str) or not 0 < len(self.address) <= MAX_ADDRESS_CHARS:
+            raise RecordError(f"a relay address is 1 to {MAX_ADDRESS_CHARS} characters")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecordContent:
     """What a peer record payload says."""
 
@@ -114,8 +131,11 @@ class RecordContent:
     """Unix seconds."""
     expires_at: float
     """Unix seconds."""
+    relays: tuple[RelayAddress, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.relays) > MAX_RELAYS:
+            raise RecordError(f"a record lists at most {MAX_RELAYS} relays")
         if len(self.addresses) > MAX_ADDRESSES:
             raise RecordError(f"a record lists at most {MAX_ADDRESSES} addresses")
         for address in self.addresses:
