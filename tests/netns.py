@@ -13,7 +13,21 @@ Each router namespace forwards and masquerades (nftables, ``ip saddr
 10.78.X.0/24 oifname <pub> masquerade``); nothing routes 10.78.0.0/16 from the
 public namespace, so a private host is unreachable unless it sent first (and
 then only from the exact peer it sent to: Linux conntrack filters by the full
-5-tuple).
+5-tuple). The mapping is endpoint-independent ("cone"-like): masquerade keeps
+the private source port when it is free, so one socket shows the same public
+``ip:port`` to every destination, and two private hosts can UDP hole-punch.
+The router drops unsolicited datagrams from the public side before conntrack
+records them, as a home router does: a conntrack entry left by a peer's early
+punch would otherwise hold the very external port the private host's own
+punch is about to map, and the NAT would pick another one.
+
+``nat_topology(nats, symmetric={X, ...})`` makes router X a *symmetric* NAT
+instead (``Nat.symmetric``): ``masquerade fully-random`` picks a fresh random
+external port for every new flow, so one socket shows a different public port
+to each destination (each destination host and each destination port), and
+the address an echo server reports is useless to any other peer.
+(``masquerade random`` maps per destination too, from a keyed hash of the
+flow; plain ``masquerade`` keeps the source port whenever it can.)
 
 Everything is created and torn down with ``ip`` and ``nft``; the context
 manager removes every namespace it created even when a step fails (deleting a
@@ -27,7 +41,7 @@ import contextlib
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 CMD_TIMEOUT_S = 20.0
@@ -82,6 +96,7 @@ class Nat:
     public_ip: str  # the router's address on the public network
     private_ip: str  # the private host's address on the LAN
     lan: str  # the LAN's prefix, 10.78.X.0/24
+    symmetric: bool = False  # a fresh external port per destination (masquerade fully-random)
 
 
 @dataclass(slots=True)
@@ -99,7 +114,7 @@ def _add_ns(topo: Topology, name: str) -> None:
     run_in(name, ["ip", "link", "set", "lo", "up"])
 
 
-def _build(topo: Topology, nats: int) -> None:
+def _build(topo: Topology, nats: int, symmetric: frozenset[int]) -> None:
     s = topo.suffix
     _add_ns(topo, topo.public)
     pub = topo.public
@@ -115,7 +130,9 @@ def _build(topo: Topology, nats: int) -> None:
             public_ip=f"10.77.0.{10 + x}",
             private_ip=f"10.78.{x}.2",
             lan=f"10.78.{x}.0/24",
+            symmetric=x in symmetric,
         )
+        masquerade = "masquerade fully-random" if nat.symmetric else "masquerade"
         _add_ns(topo, router)
         _add_ns(topo, private)
         # Router's public side: a veth whose peer is a bridge port in the public ns.
@@ -142,7 +159,7 @@ def _build(topo: Topology, nats: int) -> None:
                 "table ip nat {\n"
                 "  chain postrouting {\n"
                 "    type nat hook postrouting priority srcnat; policy accept;\n"
-                f'    ip saddr {nat.lan} oifname "wan" masquerade\n'
+                f'    ip saddr {nat.lan} oifname "wan" {masquerade}\n'
                 "  }\n"
                 "}\n"
                 "table ip filter {\n"
@@ -150,6 +167,13 @@ def _build(topo: Topology, nats: int) -> None:
                 "    type filter hook forward priority filter; policy drop;\n"
                 "    ct state established,related accept\n"
                 f'    iifname "lan" ip saddr {nat.lan} accept\n'
+                "  }\n"
+                # Unsolicited datagrams from the internet are dropped here, before
+                # conntrack confirms them: otherwise the entry they leave (30 s)
+                # holds the external port a hole punch is about to map.
+                "  chain input {\n"
+                "    type filter hook input priority filter; policy accept;\n"
+                '    iifname "wan" ct state new drop\n'
                 "  }\n"
                 "}\n"
             ),
@@ -174,14 +198,21 @@ def _teardown(topo: Topology) -> list[str]:
 
 
 @contextlib.contextmanager
-def nat_topology(nats: int = 2) -> Iterator[Topology]:
-    """A public namespace and `nats` NATed private namespaces; removed on exit."""
+def nat_topology(nats: int = 2, symmetric: Collection[int] = ()) -> Iterator[Topology]:
+    """A public namespace and `nats` NATed private namespaces; removed on exit.
+
+    `symmetric` holds the (1-based) indexes of the NATs that map every
+    destination to its own external port; the others are cone-like.
+    """
     if not 1 <= nats <= 9:
         raise ValueError("1..9 NATs")
+    chosen = frozenset(symmetric)
+    if not chosen <= set(range(1, nats + 1)):
+        raise ValueError(f"symmetric NAT indexes must be in 1..{nats}: {sorted(chosen)}")
     suffix = secrets.token_hex(3)
     topo = Topology(suffix=suffix, public=f"pn{suffix}p", public_ip=PUBLIC_HOST)
     try:
-        _build(topo, nats)
+        _build(topo, nats, chosen)
         yield topo
     finally:
         problems = _teardown(topo)

@@ -11,7 +11,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +54,63 @@ try:
 except TimeoutError:
     print("timeout")
 """
+# From ONE socket, asks the echo servers on each of the ports in argv[2:] in turn
+# and prints what each saw ("host:port"), one a line, or "timeout" (bounded).
+SEND_FROM_ONE_SOCKET = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2.0)
+for port in sys.argv[2:]:
+    s.sendto(b"hello", (sys.argv[1], int(port)))
+    try:
+        print(s.recvfrom(2048)[0].decode())
+    except TimeoutError:
+        print("timeout")
+"""
+# UDP hole punching from one socket: learns its public "ip:port" from the echo
+# server at argv[1]:argv[2] and prints it, reads the peer's public "ip:port"
+# from stdin, then sends argv[4] to the peer up to argv[3] times 100 ms apart
+# (and a last 100 ms after the last send) and prints "got <the peer's payload>"
+# or "timeout".
+PUNCH = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2.0)
+s.sendto(b"whoami", (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recvfrom(2048)[0].decode(), flush=True)
+except TimeoutError:
+    print("timeout", flush=True)
+    sys.exit(0)
+host, port = sys.stdin.readline().strip().rsplit(":", 1)
+peer = (host, int(port))
+s.settimeout(0.1)
+got = None
+for _ in range(int(sys.argv[3])):
+    s.sendto(sys.argv[4].encode(), peer)
+    try:
+        while got is None:
+            data, addr = s.recvfrom(2048)
+            if addr == peer:
+                got = data.decode()
+    except TimeoutError:
+        pass
+print("timeout" if got is None else f"got {got}", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def checked_topology(nats: int = 2, symmetric: Collection[int] = ()) -> Iterator[Topology]:
+    before = namespaces()
+    with nat_topology(nats, symmetric=symmetric) as topology:
+        yield topology
+    assert namespaces() == before, "the topology left namespaces behind"
 
 
 @pytest.fixture
 def topo() -> Iterator[Topology]:
-    before = namespaces()
-    with nat_topology(2) as topology:
+    with checked_topology(2) as topology:
         yield topology
-    assert namespaces() == before, "the topology left namespaces behind"
 
 
 @contextlib.contextmanager
@@ -109,6 +158,91 @@ def test_public_host_cannot_reach_a_private_host(topo: Topology) -> None:
         assert send(b.private, a.private_ip, timeout=1.0) in ("timeout", "unreachable")
         # The private host itself is fine: it answers on its own LAN.
         assert send(a.router, a.private_ip).split(":")[0] == "10.78.1.1"
+
+
+def seen_from_one_socket(ns: str, host: str, ports: list[int]) -> list[str]:
+    argv = [sys.executable, "-c", SEND_FROM_ONE_SOCKET, host, *map(str, ports)]
+    return run_in(ns, argv).split()
+
+
+def test_symmetric_nat_maps_each_destination_to_its_own_port() -> None:
+    with checked_topology(2, symmetric={1}) as topology:
+        sym, cone = topology.nats
+        assert sym.symmetric
+        assert not cone.symmetric
+        ports = [ECHO_PORT, ECHO_PORT + 1]
+        with echo_server(topology.public, ports[0]), echo_server(topology.public, ports[1]):
+            seen_sym = seen_from_one_socket(sym.private, topology.public_ip, ports)
+            seen_cone = seen_from_one_socket(cone.private, topology.public_ip, ports)
+    # Both NATs answered twice, from their own public address.
+    assert [seen.split(":")[0] for seen in seen_sym] == [sym.public_ip] * 2
+    assert [seen.split(":")[0] for seen in seen_cone] == [cone.public_ip] * 2
+    # Symmetric: one external port per destination.
+    assert seen_sym[0] != seen_sym[1]
+    # Cone: the same public ip:port whoever asks.
+    assert seen_cone[0] == seen_cone[1]
+
+
+def hole_punch(topology: Topology, tries: int = 10) -> tuple[list[str], list[str]]:
+    """Private hosts 1 and 2 punch towards each other: (public addresses they
+    learned, what each received: "got <the other's private ns>" or "timeout")."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with echo_server(topology.public):
+        try:
+            for nat in topology.nats:
+                argv = [sys.executable, "-c", PUNCH, topology.public_ip, str(ECHO_PORT)]
+                procs.append(
+                    popen_in(
+                        nat.private,
+                        [*argv, str(tries), nat.private],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            learned = []
+            for proc in procs:
+                assert proc.stdout is not None
+                learned.append(proc.stdout.readline().decode().strip())
+            assert "timeout" not in learned, learned
+            # Each gets the other's address; both then punch at about the same time.
+            for proc, peer in zip(procs, reversed(learned), strict=True):
+                assert proc.stdin is not None
+                proc.stdin.write(f"{peer}\n".encode())
+                proc.stdin.flush()
+            outcomes = []
+            for proc in procs:
+                out, _ = proc.communicate(timeout=30)
+                outcomes.append(out.decode().strip())
+            return learned, outcomes
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait(timeout=10)
+                for pipe in (proc.stdin, proc.stdout):
+                    if pipe is not None:
+                        pipe.close()
+
+
+def test_udp_hole_punch_between_two_cone_nats_succeeds() -> None:
+    with checked_topology(2) as topology:
+        a, b = topology.nats
+        learned, outcomes = hole_punch(topology)
+    assert [addr.split(":")[0] for addr in learned] == [a.public_ip, b.public_ip]
+    assert outcomes == [f"got {b.private}", f"got {a.private}"]
+
+
+def test_udp_hole_punch_fails_when_one_nat_is_symmetric() -> None:
+    with checked_topology(2, symmetric={2}) as topology:
+        a, b = topology.nats
+        learned, outcomes = hole_punch(topology)
+    assert [addr.split(":")[0] for addr in learned] == [a.public_ip, b.public_ip]
+    assert all(
+        outcome in ("timeout", f"got {b.private}", f"got {a.private}") for outcome in outcomes
+    )
+    # B's NAT sends A's punches from a port nobody learned, and drops A's
+    # punches to the port the echo server saw: the punch never works both ways.
+    assert outcomes != [f"got {b.private}", f"got {a.private}"], outcomes
 
 
 # -- plasmd in namespaces --------------------------------------------------------------------
