@@ -125,9 +125,9 @@ class RelayBook:
             current = self._reservations[node_id] = Reservation(
                 node_id=node_id, expires_at=0.0, tokens=float(limits.rate_bytes_per_s)
             )
+            current.refilled_at = now
         current.expires_at = now + limits.duration_s
         current.bytes_used = 0
-        current.refilled_at = now
         return current
 
     def reservation(self, node_id: str) -> Reservation | None:
@@ -164,8 +164,9 @@ class RelayBook:
         if reservation.bytes_used >= self.limits.max_bytes:
             return Refused("the target's reservation used its byte limit for this term")
         circuit_id = next(self._ids)
-        if circuit_id > _MAX_CIRCUIT_ID:  # four billion circuits: start over
-            self._ids = itertools.count(1)
+        while circuit_id > _MAX_CIRCUIT_ID or circuit_id in self._circuits:
+            if circuit_id > _MAX_CIRCUIT_ID:  # four billion circuits: start over
+                self._ids = itertools.count(1)
             circuit_id = next(self._ids)
         circuit = Circuit(
             circuit_id=circuit_id, requester=requester, target=target, last_active=now
@@ -186,7 +187,7 @@ class RelayBook:
         Closing a circuit (the byte limit) is reported by `closed()`.
         """
         circuit = self._circuits.get(circuit_id)
-        if circuit is None or sender not in (circuit.requester, circuit.target):
+        if circuit is None or sender not in (circuit.requester, circuit.target) or size < 0:
             self.dropped_frames += 1
             return None
         reservation = self._reservations.get(circuit.target)
