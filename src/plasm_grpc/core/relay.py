@@ -133,6 +133,9 @@ class RelayBook:
     def reservation(self, node_id: str) -> Reservation | None:
         return self._reservations.get(node_id)
 
+    def reservation_ids(self) -> list[str]:
+        return list(self._reservations)
+
     @property
     def reservations(self) -> int:
         return len(self._reservations)

@@ -90,7 +90,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ALPN",
     "CHUNK_BYTES",
+    "CID_BYTES",
     "FRAME_MIN_BYTES_PER_S",
+    "RELAYED_HOST_PREFIX",
     "ConnectionState",
     "Handler",
     "LocalIdentity",
@@ -115,6 +117,13 @@ CLOSE_PROTOCOL_ERROR: Final = 0x1
 CLOSE_HANDSHAKE_FAILED: Final = 0x2
 CLOSE_REFUSED: Final = 0x3
 _MAX_REASON_BYTES: Final = 900  # stays inside one CONNECTION_CLOSE frame
+# Relayed connections (docs/reachability.md) have addresses whose host is
+# "relay/<relay node id>" and whose port is the circuit id.
+RELAYED_HOST_PREFIX: Final = "relay/"
+CID_BYTES: Final = 8  # the QUIC connection ids every endpoint issues
+_CID_BYTES: Final = CID_BYTES
+# DATAGRAM frames queued in aioquic beyond which send_datagram drops.
+_MAX_PENDING_DATAGRAMS: Final = 128
 
 Handler = Callable[[str, bytes], Awaitable[bytes]]
 """A method handler: `await handler(peer_node_id, payload)`; its result is the response."""
@@ -211,6 +220,7 @@ class _Owner(Protocol):
     def connection_established(self, connection: OverlayConnection) -> None: ...
     def connection_finished(self, connection: OverlayConnection) -> None: ...
     def connection_terminated(self, connection: OverlayConnection) -> None: ...
+    def datagram_frame_received(self, connection: OverlayConnection, data: bytes) -> None: ...
     def handler(self, method: str) -> Handler | None: ...
 
 
@@ -384,6 +394,38 @@ class OverlayConnection:
         if stream_id is not None:
             await asyncio.shield(self._outgoing[stream_id].sent)
 
+    @property
+    def relayed(self) -> bool:
+        """Whether this connection runs through a relay (docs/reachability.md)."""
+        return str(self.address[0]).startswith(RELAYED_HOST_PREFIX)
+
+    def send_datagram(self, data: bytes) -> bool:
+        """Queue `data` as one QUIC DATAGRAM frame (RFC 9221): unreliable, unordered.
+
+        Returns False, sending nothing, when the connection is not established,
+        `data` cannot fit one packet, or too many frames already wait (the
+        caller's traffic is over what the path takes: dropped, as a router would).
+        """
+        if self.state is not ConnectionState.ESTABLISHED or len(data) > self.max_datagram_payload:
+            return False
+        pending = self._quic._datagrams_pending  # no public accessor in aioquic 1.x
+        if len(pending) >= _MAX_PENDING_DATAGRAMS:
+            return False
+        self._quic.send_datagram_frame(data)
+        self._transmit_soon()
+        return True
+
+    @property
+    def max_datagram_payload(self) -> int:
+        """The largest DATAGRAM frame payload this connection sends."""
+        # A short-header packet: flags, connection id, packet number (aioquic
+        # sends 2 bytes; 4 at most), AEAD tag; then the frame's type and length.
+        room = self._settings.max_datagram_size - (1 + _CID_BYTES + 4 + 16) - (1 + 2)
+        remote = self._quic._remote_max_datagram_frame_size  # no public accessor either
+        if remote is None:
+            return 0
+        return max(0, min(room, remote - 3))
+
     def close(self, reason: str = "closed by this node") -> None:
         """Close the connection (idempotent); `wait_terminated()` to wait for QUIC."""
         self._finish(reason, error_code=CLOSE_NORMAL)
@@ -462,6 +504,10 @@ class OverlayConnection:
                 self._quic_handshake_completed(event)
             elif isinstance(event, quic_events.StreamDataReceived):
                 self._stream_data(event)
+            elif isinstance(event, quic_events.DatagramFrameReceived):
+                # Only from a peer that proved its identity (relayed datagrams).
+                if self.state is ConnectionState.ESTABLISHED:
+                    self._owner.datagram_frame_received(self, event.data)
             elif isinstance(event, quic_events.StreamReset):
                 self._protocol_error(f"the peer reset stream {event.stream_id}")
             elif isinstance(event, quic_events.ConnectionTerminated):

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import socket
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -44,6 +46,8 @@ from plasm_grpc.logs import EventLog
 from plasm_grpc.net.certs import new_certificate
 from plasm_grpc.net.connection import (
     ALPN,
+    CID_BYTES,
+    RELAYED_HOST_PREFIX,
     ConnectionState,
     Handler,
     LocalIdentity,
@@ -54,11 +58,22 @@ from plasm_grpc.net.errors import ConnectionLimitError, OverlayError
 
 __all__ = ["OverlayEndpoint", "PeerInfo"]
 
-_CID_LENGTH: Final = 8
+_CID_LENGTH: Final = CID_BYTES
 # Connections being refused still cost a QUIC handshake; past this many at once
 # new Initial packets are dropped without an answer.
 _MAX_REFUSING: Final = 64
 _CLOSE_GRACE_S: Final = 2.0  # how long close() waits for QUIC's draining periods
+# Inner (relayed) connections send packets of at most this size, so one fits a
+# DATAGRAM frame on a 1350-byte outer path with the 4-byte circuit id.
+RELAYED_DATAGRAM_SIZE: Final = SMALLEST_MAX_DATAGRAM_SIZE
+CIRCUIT_ID_BYTES: Final = 4
+# A relayed connection replaced by a direct one is closed this much later, so
+# requests already on it finish.
+_REPLACED_GRACE_S: Final = 5.0
+
+# Called with (connection the frame came on, circuit id, inner packet) for a
+# DATAGRAM frame on a circuit this node is not an end of: a relay's forwarder.
+CircuitForwarder = Callable[[OverlayConnection, int, bytes], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +130,14 @@ class OverlayEndpoint:
         self._live: set[OverlayConnection] = set()  # not yet finished (counted by limits)
         self._peers: dict[str, OverlayConnection] = {}  # established, by node id
         self._dials: dict[str, asyncio.Task[OverlayConnection]] = {}
+        # Relayed paths: circuits this node dialled through (relay id, circuit
+        # id), and relays whose every circuit may bring inbound connections
+        # (this node holds a reservation there).
+        self._circuits: set[tuple[str, int]] = set()
+        self._reserved_at: set[str] = set()
+        self._relayed_server_config: QuicConfiguration | None = None
+        self._relayed_client_config: QuicConfiguration | None = None
+        self.circuit_forwarder: CircuitForwarder | None = None
         self._closing = False
         self.port = 0
 
@@ -171,6 +194,13 @@ class OverlayEndpoint:
         self._client_config = _quic_configuration(self._settings, is_client=True)
         self._client_config.verify_mode = ssl.CERT_NONE
         self._client_config.server_name = "plasm-overlay"
+        relayed = dataclasses.replace(self._settings, max_datagram_size=RELAYED_DATAGRAM_SIZE)
+        self._relayed_server_config = _quic_configuration(relayed, is_client=False)
+        self._relayed_server_config.certificate = certificate.certificate
+        self._relayed_server_config.private_key = certificate.private_key
+        self._relayed_client_config = _quic_configuration(relayed, is_client=True)
+        self._relayed_client_config.verify_mode = ssl.CERT_NONE
+        self._relayed_client_config.server_name = "plasm-overlay"
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self), local_addr=(self._host, self._requested_port)
@@ -254,14 +284,82 @@ class OverlayEndpoint:
         return connection if connection is not None and connection.is_open else None
 
     async def _dial(self, host: str, port: int, expected_node_id: str) -> OverlayConnection:
-        if self._closing or self._transport is None or self._client_config is None:
+        if self._closing or self._transport is None:
+            raise OverlayError("the endpoint is not running")
+        return await self._dial_address(await self._resolve(host, port), expected_node_id)
+
+    # -- relayed paths and hole punching (net/relay.py drives these) ---------------------
+
+    async def dial_direct(self, host: str, port: int, expected_node_id: str) -> OverlayConnection:
+        """A new direct connection to `expected_node_id` even if one (relayed) exists.
+
+        Once established it becomes the connection `connect()` returns, and a
+        relayed one to the same node is closed a little later.
+        """
+        check_hex64(expected_node_id, "expected_node_id")
+        return await self._dial(host, port, expected_node_id)
+
+    async def dial_via(
+        self, relay_node_id: str, circuit_id: int, expected_node_id: str
+    ) -> OverlayConnection:
+        """Dial `expected_node_id` through circuit `circuit_id` of the connected relay.
+
+        The connection is an ordinary one (QUIC + Noise, end to end) whose
+        packets travel in DATAGRAM frames on the connection to the relay.
+        """
+        check_hex64(expected_node_id, "expected_node_id")
+        if self.connection_to(relay_node_id) is None:
+            raise OverlayError(f"not connected to relay {relay_node_id}")
+        self._circuits.add((relay_node_id, circuit_id))
+        address = (RELAYED_HOST_PREFIX + relay_node_id, circuit_id)
+        try:
+            return await self._dial_address(address, expected_node_id, relayed=True)
+        except BaseException:
+            self._circuits.discard((relay_node_id, circuit_id))
+            raise
+
+    def accept_circuits(self, relay_node_id: str, accept: bool) -> None:
+        """Take (or stop taking) inbound connections on any circuit of this relay."""
+        if accept:
+            self._reserved_at.add(relay_node_id)
+        else:
+            self._reserved_at.discard(relay_node_id)
+
+    def circuit_closed(self, relay_node_id: str, circuit_id: int, reason: str) -> None:
+        """The relay stopped forwarding the circuit: close what runs over it."""
+        self._circuits.discard((relay_node_id, circuit_id))
+        address = (RELAYED_HOST_PREFIX + relay_node_id, circuit_id)
+        for connection in list(self._all):
+            if connection.address == address:
+                connection.close(f"the relay closed the circuit: {reason}")
+
+    def punch(self, host: str, port: int, data: bytes) -> None:
+        """Send one datagram from the overlay socket (opens this node's NAT toward host:port)."""
+        self.sendto(data, (host, port))
+
+    def datagram_frame_received(self, connection: OverlayConnection, data: bytes) -> None:
+        if len(data) <= CIRCUIT_ID_BYTES:
+            return
+        relay_node_id = connection.remote_node_id
+        circuit_id = int.from_bytes(data[:CIRCUIT_ID_BYTES], "big")
+        assert relay_node_id is not None
+        if (relay_node_id, circuit_id) in self._circuits or relay_node_id in self._reserved_at:
+            address = (RELAYED_HOST_PREFIX + relay_node_id, circuit_id)
+            self._datagram_received(data[CIRCUIT_ID_BYTES:], address)
+        elif self.circuit_forwarder is not None:
+            self.circuit_forwarder(connection, circuit_id, data[CIRCUIT_ID_BYTES:])
+
+    async def _dial_address(
+        self, address: NetworkAddress, expected_node_id: str, *, relayed: bool = False
+    ) -> OverlayConnection:
+        config = self._relayed_client_config if relayed else self._client_config
+        if self._closing or self._transport is None or config is None:
             raise OverlayError("the endpoint is not running")
         if len(self._live) >= self._settings.max_connections:
             raise ConnectionLimitError(
                 f"{len(self._live)} connections open, the limit is {self._settings.max_connections}"
             )
-        address = await self._resolve(host, port)
-        quic = QuicConnection(configuration=self._client_config)
+        quic = QuicConnection(configuration=config)
         connection = OverlayConnection(
             owner=self,
             quic=quic,
@@ -304,7 +402,12 @@ class OverlayEndpoint:
     # -- datagrams -----------------------------------------------------------------------
 
     def sendto(self, data: bytes, addr: NetworkAddress) -> None:
-        if self._transport is not None:
+        host = addr[0]
+        if isinstance(host, str) and host.startswith(RELAYED_HOST_PREFIX):
+            relay = self._peers.get(host[len(RELAYED_HOST_PREFIX) :])
+            if relay is not None:  # else lost, as on a path that went down
+                relay.send_datagram(int(addr[1]).to_bytes(CIRCUIT_ID_BYTES, "big") + data)
+        elif self._transport is not None:
             self._transport.sendto(data, addr)
 
     def _datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
@@ -341,9 +444,11 @@ class OverlayEndpoint:
             )
         if refuse is not None and len(self._all) - len(self._live) >= _MAX_REFUSING:
             return None
+        relayed = str(addr[0]).startswith(RELAYED_HOST_PREFIX)
+        config = self._relayed_server_config if relayed else self._server_config
+        assert config is not None
         quic = QuicConnection(
-            configuration=self._server_config,
-            original_destination_connection_id=destination_cid,
+            configuration=config, original_destination_connection_id=destination_cid
         )
         connection = OverlayConnection(
             owner=self, quic=quic, address=addr, initiator=False, refuse_reason=refuse
@@ -373,22 +478,38 @@ class OverlayEndpoint:
         assert node_id is not None
         current = self._peers.get(node_id)
         # Both nodes dialled each other at once: keep the first; the other
-        # still serves whoever holds it until it idles out.
+        # still serves whoever holds it until it idles out. A direct path
+        # replaces a relayed one (hole punching); the relayed one closes soon.
         if current is None or not current.is_open:
             self._peers[node_id] = connection
+        elif current.relayed and not connection.relayed:
+            self._peers[node_id] = connection
+            asyncio.get_running_loop().call_later(
+                _REPLACED_GRACE_S, current.close, "replaced by a direct connection"
+            )
 
     def connection_finished(self, connection: OverlayConnection) -> None:
         self._live.discard(connection)
         node_id = connection.remote_node_id
         if node_id is not None and self._peers.get(node_id) is connection:
             del self._peers[node_id]
-            # Promote another open connection to the same peer, if any.
-            for other in self._all:
-                if other.remote_node_id == node_id and other.is_open:
-                    self._peers[node_id] = other
-                    break
+            # Promote another open connection to the same peer, if any (a direct
+            # one before a relayed one).
+            others = [c for c in self._all if c.remote_node_id == node_id and c.is_open]
+            others.sort(key=lambda c: c.relayed)
+            if others:
+                self._peers[node_id] = others[0]
+            else:
+                # Connections relayed through that node have lost their path.
+                via = RELAYED_HOST_PREFIX + node_id
+                for other in list(self._all):
+                    if other.address[0] == via:
+                        other.close("the connection to its relay closed")
 
     def connection_terminated(self, connection: OverlayConnection) -> None:
+        if connection.relayed:
+            host, circuit_id = connection.address
+            self._circuits.discard((str(host)[len(RELAYED_HOST_PREFIX) :], int(circuit_id)))
         self._all.discard(connection)
         self._live.discard(connection)
         for cid in [cid for cid, c in self._by_cid.items() if c is connection]:
@@ -412,4 +533,6 @@ def _quic_configuration(settings: OverlaySettings, *, is_client: bool) -> QuicCo
         max_data=8 * 1024 * 1024,
         max_stream_data=4 * 1024 * 1024,
         max_datagram_size=settings.max_datagram_size,
+        # DATAGRAM frames carry relayed connections' packets (net/relay.py).
+        max_datagram_frame_size=settings.max_datagram_size,
     )

@@ -160,6 +160,8 @@ class ReachabilityService:
         connection = self._endpoint.connection_to(peer)
         if connection is None:
             raise RequestRefusedError("no connection to the requester")
+        if connection.relayed:
+            raise RequestRefusedError("a dial-back needs a direct connection")
         ip = str(connection.address[0])  # where the request came from, nothing else
         if not self._limiter.allow(ip, self._clock()):
             self._events.event("reachability_dial_back_refused", peer_node_id=peer, ip=ip)
