@@ -143,7 +143,8 @@ def test_a_node_is_reached_through_its_relay_and_the_relay_sees_only_ciphertext(
             assert marker[:12] not in blob
             # The connection is W's view of R too (inbound, relayed).
             back = w.endpoint.connection_to(r.node_id)
-            assert back is not None and back.relayed
+            assert back is not None
+            assert back.relayed
             assert await back.request(ECHO, b"and back", WAIT_S) == b"and back"
 
     run(main())
@@ -214,7 +215,8 @@ def test_a_reservation_ends_with_its_term() -> None:
             request = relay_pb2.RelayConnectRequest(target_node_id=bytes.fromhex(w.node_id))
             raw = await to_relay.request(CONNECT, request.SerializeToString(), WAIT_S)
             answer = relay_pb2.RelayConnectResponse.FromString(raw)
-            assert not answer.accepted and "no reservation" in answer.reason
+            assert not answer.accepted
+            assert "no reservation" in answer.reason
 
     run(main())
 
