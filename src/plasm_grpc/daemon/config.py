@@ -148,6 +148,25 @@ class RemoteConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RelayConfig:
+    # While this node is publicly reachable, relay for nodes that are not
+    # (docs/reachability.md). The relay forwards only ciphertext, within
+    # the limits below, per reservation.
+    serve: bool = True
+    max_reservations: int = 16
+    reservation_s: float = 600.0
+    max_bytes: int = 256 * 1024 * 1024
+    rate_bytes_per_s: int = 1024 * 1024
+    max_circuits: int = 8
+    # While this node is not publicly reachable, hold reservations at this
+    # many relays and advertise them instead of an address.
+    use_relays: bool = True
+    reservations: int = 2
+    # Try a direct path to a node reached through a relay (hole punching).
+    hole_punch: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoreConfig:
     # "normal": a receipt is committed before it is acknowledged and survives a
     # crash or kill -9 of plasmd; "full": also fsync'd, so it survives power loss.
@@ -182,6 +201,7 @@ class Config:
     overlay: OverlayConfig = OverlayConfig()
     dht: DhtConfig = DhtConfig()
     remote: RemoteConfig = RemoteConfig()
+    relay: RelayConfig = RelayConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
@@ -291,6 +311,7 @@ def validate(config: Config) -> Config:
     )
     _check_dht(config.dht)
     _check_remote(config.remote)
+    _check_relay(config.relay)
     _check_metrics(config.metrics)
     # Ranges: the wire types (uint32 timeout_ms), wasm32 (4 GiB memory), and
     # what the runtime can reserve, so a bad value is a message, not a crash.
@@ -315,6 +336,15 @@ def validate(config: Config) -> Config:
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+
+
+def _check_relay(relay: RelayConfig) -> None:
+    _check_range(relay.max_reservations, "relay.max_reservations", 1, 100_000)
+    _check_range(relay.reservation_s, "relay.reservation_s", 10, 24 * 3600)
+    _check_range(relay.max_bytes, "relay.max_bytes", 64 * 1024, 2**62)
+    _check_range(relay.rate_bytes_per_s, "relay.rate_bytes_per_s", 16 * 1024, 2**40)
+    _check_range(relay.max_circuits, "relay.max_circuits", 1, 1024)
+    _check_range(relay.reservations, "relay.reservations", 1, 4)
 
 
 def _check_remote(remote: RemoteConfig) -> None:

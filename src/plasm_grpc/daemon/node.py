@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import ipaddress
 import os
 import platform
@@ -39,6 +38,7 @@ from plasm_grpc.core.dht.node import DhtSettings, OperationKind
 from plasm_grpc.core.dht.records import (
     Capabilities,
     PeerRecord,
+    RelayAddress,
     WorkerRequirements,
 )
 from plasm_grpc.core.dht.routing import Contact
@@ -48,6 +48,7 @@ from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.core.reachability import Reachability
+from plasm_grpc.core.relay import RelayLimits
 from plasm_grpc.daemon.config import Config, ConfigError, parse_bootstrap, parse_host_port
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
 from plasm_grpc.daemon.metrics_http import MetricsServer
@@ -65,6 +66,7 @@ from plasm_grpc.net import (
     OverlaySettings,
     ReachabilityService,
 )
+from plasm_grpc.net.relay import RelayService, RelaySettings
 from plasm_grpc.remote.router import JobRouter, RouterSettings
 from plasm_grpc.remote.worker import JobWorker
 from plasm_grpc.sandbox.cache import CacheSettings, ModuleCache
@@ -102,6 +104,7 @@ class Node:
     worker: JobWorker | None = None
     servicer: PlasmServicer | None = None
     metrics: MetricsServer | None = None
+    reach: _Reach | None = None
 
     def reload(self, loaded: Config) -> ReloadPlan:
         """Take what can change while running from `loaded` (see daemon/reload.py).
@@ -136,7 +139,8 @@ class Node:
             assert worker is not None
             caps = _offered_capabilities(worker, self.executor)
             dht.update_capabilities(caps)
-            self._background(_readvertise(dht, _advertised_addresses(overlay), caps))
+            if self.reach is not None:
+                self.reach.readvertise()
         if plan.bootstrap_added and dht is not None:
             self._background(_seed_dht(dht, plan.bootstrap_added, self.log))
         elif plan.bootstrap_added and overlay is not None:
@@ -187,6 +191,8 @@ class Node:
             self.worker.close()
         if self.metrics is not None:
             await self.metrics.close()
+        if self.reach is not None:
+            await self.reach.close()
         if self.dht is not None:
             await self.dht.close()  # saves the routing table; before the overlay goes
         if self.overlay is not None:
@@ -270,6 +276,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
     overlay: OverlayEndpoint | None = None
     dht: DhtService | None = None
     reachability: ReachabilityService | None = None
+    reach: _Reach | None = None
     worker: JobWorker | None = None
     router: JobRouter | None = None
     metrics_server: MetricsServer | None = None
@@ -284,8 +291,19 @@ async def start_node(config: Config, log: EventLog) -> Node:
                 worker.attach(overlay)
                 reachability = ReachabilityService(overlay, key, events=log)
             dht = await _start_dht(config, key, overlay, log) if overlay else None
-            if reachability is not None and dht is not None:
-                reachability.on_change(functools.partial(_follow_reachability, dht))
+            if overlay is not None and dht is not None and reachability is not None:
+                relay = RelayService(overlay, settings=_relay_settings(config), events=log)
+                relay.install()
+                reach = _Reach(
+                    config=config,
+                    log=log,
+                    overlay=overlay,
+                    dht=dht,
+                    relay=relay,
+                    capabilities=lambda: _offered_capabilities(worker, executor),
+                    tasks=background,
+                )
+                reachability.on_change(reach.follow)
             events = JobEventBus()
             router = JobRouter(
                 key=key,
@@ -296,6 +314,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
                 settings=_router_settings(config),
                 log=log,
             )
+            router.relay = reach.relay if reach is not None else None
             if worker is not None:  # one job-id space: both store receipts here
                 worker.job_id_in_use = router.has_job
                 router.job_id_taken = worker.has_job
@@ -394,15 +413,101 @@ async def start_node(config: Config, log: EventLog) -> Node:
         worker,
         servicer,
         metrics_server,
+        reach,
     )
 
 
-def _follow_reachability(dht: DhtService, old: Reachability, new: Reachability) -> None:
-    """Unreachable nodes act as DHT clients (docs/reachability.md); UNKNOWN keeps the mode."""
-    if new is Reachability.PRIVATE:
-        dht.set_client_mode(True, reason=f"reachability {old.value} -> private")
-    elif new is Reachability.PUBLIC:
-        dht.set_client_mode(False, reason=f"reachability {old.value} -> public")
+@dataclass(slots=True, kw_only=True)
+class _Reach:
+    """Follows the node's reachability (docs/reachability.md): a public node
+    serves in the DHT and relays for others; a private one is a DHT client,
+    holds relay reservations and advertises its relays instead of an address.
+    UNKNOWN keeps whatever was decided last."""
+
+    config: Config
+    log: EventLog
+    overlay: OverlayEndpoint
+    dht: DhtService
+    relay: RelayService
+    capabilities: Callable[[], Capabilities]
+    tasks: list[asyncio.Task[None]]
+    private: bool = False
+    relays: list[RelayAddress] = dataclasses.field(default_factory=list)
+    keeping: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.relay.on_relays_changed(self._relays_changed)
+
+    def follow(self, old: Reachability, new: Reachability) -> None:
+        if new is Reachability.PRIVATE:
+            self.dht.set_client_mode(True, reason=f"reachability {old.value} -> private")
+            self.relay.serving = False
+            self.private = True
+            if self.config.relay.use_relays and self.keeping is None:
+                self.keeping = self._spawn(self.relay.keep_reservations(self._relay_candidates))
+        elif new is Reachability.PUBLIC:
+            self.dht.set_client_mode(False, reason=f"reachability {old.value} -> public")
+            self.relay.serving = self.config.relay.serve
+            self.private = False
+            if self.keeping is not None:
+                self.keeping.cancel()  # its reservations are dropped; that re-advertises
+                self.keeping = None
+            self.readvertise()
+
+    def addresses(self) -> list[str]:
+        """A node reached through relays names no address of its own: a
+        requester would dial it first and wait for nothing."""
+        return [] if self.private and self.relays else _advertised_addresses(self.overlay)
+
+    def readvertise(self) -> None:
+        self._spawn(_readvertise(self.dht, self.addresses(), self.capabilities(), self.relays))
+
+    def _relays_changed(self, relays: list[RelayAddress]) -> None:
+        self.relays = relays
+        self.log.event(
+            "relays_advertised", relays=[f"{r.relay_node_id[:16]}@{r.address}" for r in relays]
+        )
+        self.readvertise()
+
+    def _relay_candidates(self) -> list[tuple[str, str, int]]:
+        """Public peers from the routing table (clients never enter it), connected first."""
+        peers = sorted(self.dht.known_peers(), key=lambda p: not p.connected)
+        return [(p.contact.node_id, p.contact.host, p.contact.port) for p in peers]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self.tasks.append(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if task in self.tasks:
+            self.tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.warning("reachability_task_failed", error=repr(task.exception()))
+
+    async def close(self) -> None:
+        if self.keeping is not None:
+            self.keeping.cancel()
+            await asyncio.gather(self.keeping, return_exceptions=True)
+        await self.relay.close()
+
+
+def _relay_settings(config: Config) -> RelaySettings:
+    relay = config.relay
+    return RelaySettings(
+        serve=relay.serve,
+        limits=RelayLimits(
+            max_reservations=relay.max_reservations,
+            duration_s=relay.reservation_s,
+            max_bytes=relay.max_bytes,
+            rate_bytes_per_s=relay.rate_bytes_per_s,
+            max_circuits=relay.max_circuits,
+        ),
+        use_relays=relay.use_relays,
+        reservations=relay.reservations,
+        hole_punch=relay.hole_punch,
+    )
 
 
 def _reachability_view(service: ReachabilityService | None) -> Callable[[], Reachability]:
@@ -554,9 +659,14 @@ def _process_start_time() -> float:
 _MONOTONIC_AT_IMPORT = time.monotonic()
 
 
-async def _readvertise(dht: DhtService, addresses: list[str], capabilities: Capabilities) -> None:
+async def _readvertise(
+    dht: DhtService,
+    addresses: list[str],
+    capabilities: Capabilities,
+    relays: Sequence[RelayAddress] = (),
+) -> None:
     with contextlib.suppress(DhtClosedError):
-        await dht.advertise(addresses, capabilities)
+        await dht.advertise(addresses, capabilities, relays)
 
 
 async def _seed_dht(dht: DhtService, entries: Sequence[str], log: EventLog) -> None:

@@ -54,6 +54,9 @@ _MAX_PUNCH_ADDRESSES: Final = 4
 _PUNCH_SCHEDULE: Final = (0.0, 0.05, 0.15, 0.3, 0.6, 1.0)
 _PUNCH_BYTES: Final = 8  # not QUIC: the receiving endpoint drops it unparsed
 _SWEEP_S: Final = 1.0
+# A peer that refused a reservation (or could not be asked) is asked again
+# only after this long.
+_REFUSED_BACKOFF_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +108,7 @@ class RelayService:
         self.serving = False
         self._held: dict[str, _Held] = {}
         self._observed: dict[str, str] = {}  # relay id -> this node's address as it saw it
+        self._not_before: dict[str, float] = {}  # relay candidates that refused, until when
         self._listeners: list[Callable[[list[RelayAddress]], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.punches_tried = 0
@@ -299,8 +303,12 @@ class RelayService:
                 break
             if node_id in self._held or node_id == self._endpoint.node_id:
                 continue
+            if self._not_before.get(node_id, 0.0) > self._clock():
+                continue
             if await self._reserve(node_id, host, port) is not None:
                 changed = True
+            else:
+                self._not_before[node_id] = self._clock() + _REFUSED_BACKOFF_S
         return changed
 
     async def _reserve(self, relay_id: str, host: str, port: int) -> _Held | None:

@@ -90,6 +90,7 @@ from plasm_grpc.net import (
     OverlayError,
     RemoteCallError,
 )
+from plasm_grpc.net.relay import RelayService
 from plasm_grpc.remote import messages
 from plasm_grpc.remote.messages import OFFER_METHOD, RUN_METHOD, STATUS_METHOD
 from plasm_grpc.sandbox.runner import CancelFlag
@@ -183,6 +184,8 @@ class JobRouter:
         # (worker, module sha256) pairs the worker was seen to hold, newest last.
         self._holds: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._draining = False
+        # Reaches workers that advertise relays instead of an address.
+        self.relay: RelayService | None = None
         self._background: set[asyncio.Future[None]] = set()
         # Whether a peer's job holds this id on this node's worker (the daemon
         # wires it): jobs of both kinds share one receipt store, so one id space.
@@ -495,6 +498,16 @@ class JobRouter:
                     free_slots=caps.free_job_slots,
                     total_slots=caps.total_job_slots,
                 )
+        if record.content.relays and self.relay is not None:
+            # Behind a NAT: its relays, not a contact from before it knew that.
+            return Candidate(
+                node_id=record.node_id,
+                host="",
+                port=0,
+                free_slots=caps.free_job_slots,
+                total_slots=caps.total_job_slots,
+                relays=record.content.relays,
+            )
         assert self.dht is not None
         for peer in self.dht.known_peers():  # a node bound to a wildcard names no address
             if peer.contact.node_id == record.node_id:
@@ -506,6 +519,15 @@ class JobRouter:
                     total_slots=caps.total_job_slots,
                 )
         return None
+
+    def _relay_allowance(self, candidate: Candidate) -> float:
+        """Extra time to dial a worker with no connection yet through a relay:
+        the relay, the circuit, the end-to-end handshake, then the hole punch."""
+        if candidate.host or self.relay is None or self.overlay is None:
+            return 0.0
+        if self.overlay.connection_to(candidate.node_id) is not None:
+            return 0.0
+        return self.relay.settings.punch_timeout + self.relay.settings.request_timeout
 
     def _rank(self, candidates: Sequence[Candidate]) -> list[Candidate]:
         rtt: dict[str, float] = {}
@@ -538,13 +560,18 @@ class JobRouter:
         self._count(entry, c.node_id)
         assert self.overlay is not None
         try:
-            async with asyncio.timeout(action.timeout_s):
-                connection = await self.overlay.connect(c.host, c.port, c.node_id)
+            dial_s = action.timeout_s + self._relay_allowance(c)
+            async with asyncio.timeout(min(dial_s, max(0.001, session.deadline - self._clock()))):
+                if c.host or self.relay is None:
+                    connection = await self.overlay.connect(c.host, c.port, c.node_id)
+                else:  # through a relay; direct after a hole punch when the NATs allow
+                    connection = await self.relay.connect(c.node_id, c.relays)
         except (TimeoutError, OverlayError, OSError) as err:
             self._forget_worker(c.node_id)
+            where = f"{c.host}:{c.port}" if c.host else "it through its relays"
             return session.attempt_failed(
                 AttemptResult.UNREACHABLE,
-                f"cannot connect to {c.host}:{c.port}: {_describe(err)}",
+                f"cannot connect to {where}: {_describe(err)}",
                 self._clock(),
             )
         offer = self._offer_pb(entry)

@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from plasm_grpc.core.dht.records import RelayAddress
 from plasm_grpc.core.ids import check_hex64
 
 
@@ -45,6 +46,8 @@ class Candidate:
     port: int
     free_slots: int  # as its record said when signed: a hint, not a promise
     total_slots: int
+    # For a worker that cannot be dialled (host ""): the relays its record names.
+    relays: tuple[RelayAddress, ...] = ()
 
 
 def rank(
