@@ -27,7 +27,7 @@ from plasm_grpc.core.relay import RelayLimits
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net import ConnectionClosedError, OverlayEndpoint, OverlayError, OverlaySettings
 from plasm_grpc.net.connection import OverlayConnection
-from plasm_grpc.net.relay import CONNECT, RESERVE, RelayService, RelaySettings
+from plasm_grpc.net.relay import CONNECT, HOLE_PUNCH, RESERVE, RelayService, RelaySettings
 
 WAIT_S = 20.0
 TEST_S = 90.0
@@ -266,5 +266,36 @@ def test_losing_the_relay_connection_closes_the_relayed_connection() -> None:
             await eventually(lambda: not connection.is_open, "the inner connection closes")
             assert connection.close_reason is not None
             assert "relay" in connection.close_reason
+
+    run(main())
+
+
+def test_hole_punch_is_refused_over_a_direct_connection_and_rate_limited() -> None:
+    """Punch datagrams go where the caller says: only through a relay, and rarely."""
+
+    async def main() -> None:
+        async with network(hole_punch=True) as (relay, w, r):
+            punch = relay_pb2.HolePunchRequest(observed_addresses=["127.0.0.1:9"])
+            direct = await r.endpoint.connect("127.0.0.1", w.endpoint.port, w.node_id)
+            assert not direct.relayed
+            with pytest.raises(OverlayError, match="through a relay"):
+                await direct.request(HOLE_PUNCH, punch.SerializeToString(), WAIT_S)
+            # Through the relay the first punch is taken (the direct connection
+            # above is reused by connect(), so dial the relayed path by hand).
+            to_relay = await r.endpoint.connect("127.0.0.1", relay.endpoint.port, relay.node_id)
+            request = relay_pb2.RelayConnectRequest(target_node_id=bytes.fromhex(w.node_id))
+            raw = await to_relay.request(CONNECT, request.SerializeToString(), WAIT_S)
+            circuit = relay_pb2.RelayConnectResponse.FromString(raw).circuit_id
+            inner = await r.endpoint.dial_via(relay.node_id, circuit, w.node_id)
+            assert inner.relayed
+            answers = [
+                relay_pb2.HolePunchResponse.FromString(
+                    await inner.request(HOLE_PUNCH, punch.SerializeToString(), WAIT_S)
+                )
+                for _ in range(2)
+            ]
+            assert answers[0].accepted
+            assert not answers[1].accepted
+            assert "at most one hole punch per 10 s" in answers[1].reason
 
     run(main())

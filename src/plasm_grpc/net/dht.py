@@ -415,8 +415,9 @@ class DhtService:
         sender = Contact(
             node_id=peer, host=str(connection.address[0]), port=int(connection.address[1])
         )
+        # A peer reached through a relay cannot be dialled: never a table entry.
         response = self.node.handle_request(
-            sender, request, self._clock(), admitted=True, client=client
+            sender, request, self._clock(), admitted=True, client=client or connection.relayed
         )
         self._pump()
         if isinstance(response, Refused):
@@ -502,7 +503,8 @@ class DhtService:
                 connection = await self._endpoint.connect(
                     contact.host, contact.port, contact.node_id
                 )
-                address = (str(connection.address[0]), int(connection.address[1]))
+                if not connection.relayed:  # "relay/<id>" is no address to store
+                    address = (str(connection.address[0]), int(connection.address[1]))
                 payload = await connection.request(
                     method,
                     encode_request(out.request, client=out.client),

@@ -333,6 +333,13 @@ class OverlayEndpoint:
             if connection.address == address:
                 connection.close(f"the relay closed the circuit: {reason}")
 
+    def relayed_connection_to(self, node_id: str) -> OverlayConnection | None:
+        """An open connection to `node_id` through a relay, if there is one."""
+        for connection in self._all:
+            if connection.remote_node_id == node_id and connection.is_open and connection.relayed:
+                return connection
+        return None
+
     def punch(self, host: str, port: int, data: bytes) -> None:
         """Send one datagram from the overlay socket (opens this node's NAT toward host:port)."""
         self.sendto(data, (host, port))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -57,6 +58,8 @@ _SWEEP_S: Final = 1.0
 # A peer that refused a reservation (or could not be asked) is asked again
 # only after this long.
 _REFUSED_BACKOFF_S: Final = 60.0
+_PUNCH_INTERVAL_S: Final = 10.0  # per peer, callee side
+_MAX_PUNCH_MEMORY: Final = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +111,7 @@ class RelayService:
         self.serving = False
         self._held: dict[str, _Held] = {}
         self._observed: dict[str, str] = {}  # relay id -> this node's address as it saw it
+        self._punched: dict[str, float] = {}  # peer -> when this node last punched for it
         self._not_before: dict[str, float] = {}  # relay candidates that refused, until when
         self._listeners: list[Callable[[list[RelayAddress]], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -465,6 +469,20 @@ class RelayService:
             return relay_pb2.HolePunchResponse(
                 accepted=False, reason="hole punching is off (relay.hole_punch = false)"
             ).SerializeToString()
+        # Punch datagrams go to addresses the caller names: only for a caller that
+        # came through a relay (whose limits bound it), and rarely, so this node
+        # cannot be made to spray datagrams at third parties.
+        if self._endpoint.relayed_connection_to(peer) is None:
+            raise RequestRefusedError("HolePunch is for a connection through a relay")
+        now = self._clock()
+        if self._punched.get(peer, -math.inf) + _PUNCH_INTERVAL_S > now:
+            return relay_pb2.HolePunchResponse(
+                accepted=False, reason=f"at most one hole punch per {_PUNCH_INTERVAL_S:g} s"
+            ).SerializeToString()
+        self._punched[peer] = now
+        if len(self._punched) > _MAX_PUNCH_MEMORY:
+            for old in [p for p, at in self._punched.items() if at + _PUNCH_INTERVAL_S <= now]:
+                del self._punched[old]
         targets = _valid_addresses(request.observed_addresses)
         loop = asyncio.get_running_loop()
         for delay in _PUNCH_SCHEDULE:
