@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from plasm.v1 import relay_pb2
 
+from plasm_grpc import metrics
 from plasm_grpc.core.address import host_port
 from plasm_grpc.core.dht.records import RelayAddress
 from plasm_grpc.core.keys import NodeKey
@@ -131,6 +132,7 @@ def test_a_node_is_reached_through_its_relay_and_the_relay_sees_only_ciphertext(
         async with network() as (relay, w, r):
             assert w.relay.relays == via(relay)
             seen = capture(relay)
+            forwarded = metrics.RELAY_FORWARDED_BYTES.value()
             marker = b"PLAINTEXT-MARKER-" + os.urandom(8).hex().encode()
             connection = await asyncio.wait_for(r.relay.connect(w.node_id, via(relay)), WAIT_S)
             assert connection.relayed
@@ -138,6 +140,7 @@ def test_a_node_is_reached_through_its_relay_and_the_relay_sees_only_ciphertext(
             payload = marker * 2000  # ~70 KB: many packets, several Noise messages
             assert await connection.request(ECHO, payload, WAIT_S) == payload
             assert sum(len(p) for p in seen) > len(payload)  # it all went through the relay
+            assert metrics.RELAY_FORWARDED_BYTES.value() - forwarded >= len(payload)
             blob = b"".join(seen)
             assert marker not in blob
             assert marker[:12] not in blob
@@ -153,8 +156,10 @@ def test_a_node_is_reached_through_its_relay_and_the_relay_sees_only_ciphertext(
 def test_hole_punch_replaces_the_relayed_connection_with_a_direct_one() -> None:
     async def main() -> None:
         async with network(hole_punch=True) as (relay, w, r):
+            punched = metrics.HOLE_PUNCHES.value("direct")
             connection = await asyncio.wait_for(r.relay.connect(w.node_id, via(relay)), WAIT_S)
             assert not connection.relayed  # loopback: nothing blocks the punch
+            assert metrics.HOLE_PUNCHES.value("direct") == punched + 1
             assert connection.address == ("127.0.0.1", w.endpoint.port)
             assert r.relay.punches_tried == r.relay.punches_succeeded == 1
             assert r.endpoint.connection_to(w.node_id) is connection

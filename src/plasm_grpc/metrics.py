@@ -28,10 +28,13 @@ __all__ = [
     "CONTENT_TYPE",
     "DHT_LOOKUPS",
     "DHT_LOOKUP_DURATION",
+    "HOLE_PUNCHES",
     "JOBS",
     "JOBS_FAILED",
     "JOB_DURATION",
     "REGISTRY",
+    "RELAY_DROPPED_FRAMES",
+    "RELAY_FORWARDED_BYTES",
     "REMOTE_ATTEMPTS",
     "Counter",
     "Gauge",
@@ -283,6 +286,25 @@ REMOTE_ATTEMPTS: Final = REGISTRY.register(
         "plasm_remote_attempts_total",
         "Attempts to run a job submitted here on a peer, by result.",
         ("result",),
+    )
+)
+HOLE_PUNCHES: Final = REGISTRY.register(
+    Counter(
+        "plasm_hole_punches_total",
+        "Hole punches this node tried after reaching a peer through a relay, by result.",
+        ("result",),
+    )
+)
+RELAY_FORWARDED_BYTES: Final = REGISTRY.register(
+    Counter(
+        "plasm_relay_forwarded_bytes_total",
+        "Bytes this node forwarded as a relay (ciphertext of others' connections).",
+    )
+)
+RELAY_DROPPED_FRAMES: Final = REGISTRY.register(
+    Counter(
+        "plasm_relay_dropped_frames_total",
+        "Relayed frames this node dropped: over a rate or byte limit, or no such circuit.",
     )
 )
 DHT_LOOKUPS: Final = REGISTRY.register(

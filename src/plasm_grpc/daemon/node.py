@@ -347,7 +347,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
         if config.metrics.listen:
             metrics_server = await _start_metrics(
                 config,
-                _node_metrics(executor, overlay, dht, f"wasmtime {engine.runtime.version}"),
+                _node_metrics(executor, overlay, dht, f"wasmtime {engine.runtime.version}", reach),
                 log,
             )
         socket_inode = None
@@ -589,6 +589,7 @@ def _node_metrics(
     overlay: OverlayEndpoint | None,
     dht: DhtService | None,
     runtime: str,
+    reach: _Reach | None = None,
 ) -> Registry:
     """Gauges read from the running node at each scrape."""
     registry = Registry()
@@ -635,6 +636,21 @@ def _node_metrics(
             "plasm_peers",
             "Peers in the DHT routing table (0 when the DHT is off).",
             read=lambda: len(dht.node.table) if dht is not None else 0,
+        ),
+        Gauge(
+            "plasm_relay_reservations",
+            "Reservations this node holds for private nodes, as a relay.",
+            read=lambda: reach.relay.book.reservations if reach is not None else 0,
+        ),
+        Gauge(
+            "plasm_relay_circuits",
+            "Circuits open through this node, as a relay.",
+            read=lambda: reach.relay.book.circuits if reach is not None else 0,
+        ),
+        Gauge(
+            "plasm_relays_held",
+            "Relays at which this node holds a reservation (it is private).",
+            read=lambda: len(reach.relays) if reach is not None else 0,
         ),
     ):
         registry.register(gauge)

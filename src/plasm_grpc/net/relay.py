@@ -29,6 +29,7 @@ from typing import Final, TypeVar
 
 from plasm.v1 import relay_pb2
 
+from plasm_grpc import metrics
 from plasm_grpc.core.address import host_port, split_host_port
 from plasm_grpc.core.dht.records import RelayAddress
 from plasm_grpc.core.relay import ClosedCircuit, Forward, Refused, RelayBook, RelayLimits
@@ -226,8 +227,12 @@ class RelayService:
             out = self._endpoint.connection_to(decision.to_node)
             if out is None:
                 self.book.node_gone(decision.to_node)
+            elif out.send_datagram(circuit_id.to_bytes(CIRCUIT_ID_BYTES, "big") + packet):
+                metrics.RELAY_FORWARDED_BYTES.inc(amount=len(packet))
             else:
-                out.send_datagram(circuit_id.to_bytes(CIRCUIT_ID_BYTES, "big") + packet)
+                metrics.RELAY_DROPPED_FRAMES.inc()
+        else:
+            metrics.RELAY_DROPPED_FRAMES.inc()
         self._tell_closed()
 
     async def _sweep(self) -> None:
@@ -454,6 +459,7 @@ class RelayService:
     def _punch_result(
         self, node_id: str, ok: bool, started: float, error: str, address: str = ""
     ) -> None:
+        metrics.HOLE_PUNCHES.inc("direct" if ok else "relayed")
         self._events.event(
             "hole_punch",
             peer_node_id=node_id,
