@@ -149,7 +149,7 @@ def test_a_reservation_expires_duration_after_it_was_made() -> None:
     assert relay.reservation(A) is None
 
 
-def test_a_renewal_extends_the_term_and_resets_the_bytes() -> None:
+def test_a_renewal_extends_the_term_and_the_budget_resets_only_after_a_whole_term() -> None:
     relay = book(duration_s=30, max_bytes=1000, rate_bytes_per_s=1000, circuit_idle_s=1e6)
     made = reserved(relay, A, 0.0)
     circuit = opened(relay, B, A, 0.0)
@@ -158,10 +158,15 @@ def test_a_renewal_extends_the_term_and_resets_the_bytes() -> None:
     renewed = reserved(relay, A, 20.0)
     assert renewed is made
     assert renewed.expires_at == 50.0
-    assert renewed.bytes_used == 0
+    # An early renewal keeps the bytes used: renewing every second must not
+    # reset a holder's own limit.
+    assert renewed.bytes_used == 400
     relay.expire(45.0)  # past the first term's end, inside the renewed one
     assert relay.reservation(A) is made
     assert relay.circuit(circuit.circuit_id) is circuit  # a renewal keeps the circuits
+    again = reserved(relay, A, 31.0)  # a whole term after the first began
+    assert again.bytes_used == 0
+    assert again.expires_at == 61.0
 
 
 def test_expiry_closes_the_reservations_circuits_and_closed_reports_them() -> None:
@@ -278,8 +283,10 @@ def test_a_circuit_is_refused_once_the_byte_budget_is_used() -> None:
     assert relay.forward(circuit.circuit_id, B, 100, 0.0) == Forward(A)  # exactly the budget
     assert relay.circuit(circuit.circuit_id) is circuit  # reaching it is not passing it
     assert "byte limit" in refused(relay.open_circuit(C, A, 0.0))
-    reserved(relay, A, 1.0)  # a new term, a new budget
-    opened(relay, C, A, 1.0)
+    reserved(relay, A, 1.0)  # renewing early: still no budget
+    assert "byte limit" in refused(relay.open_circuit(C, A, 1.0))
+    reserved(relay, A, relay.limits.duration_s)  # a whole term later: a new budget
+    opened(relay, C, A, relay.limits.duration_s)
 
 
 def test_close_circuit_of_an_unknown_circuit_is_harmless() -> None:
@@ -299,13 +306,14 @@ def test_circuit_ids_are_unique() -> None:
         if n % 3 == 0:  # closing some must not make ids come back
             relay.close_circuit(ids[-1], "done")
     assert len(set(ids)) == len(ids)
-    assert all(1 <= i <= 2**32 - 1 for i in ids)
+    assert all(1 <= i <= 2**31 - 1 for i in ids)
 
 
-def test_circuit_ids_start_where_asked_and_wrap_within_32_bits() -> None:
-    relay = RelayBook(RelayLimits(circuit_idle_s=1e6), first_circuit_id=2**32 - 1)
+def test_circuit_ids_start_where_asked_and_wrap_within_31_bits() -> None:
+    # The frame header's top bit says which way a frame goes (net/endpoint.py).
+    relay = RelayBook(RelayLimits(circuit_idle_s=1e6), first_circuit_id=2**31 - 1)
     reserved(relay, A, 0.0)
-    assert opened(relay, B, A, 0.0).circuit_id == 2**32 - 1
+    assert opened(relay, B, A, 0.0).circuit_id == 2**31 - 1
     assert opened(relay, C, A, 0.0).circuit_id == 1
     zero = RelayBook(RelayLimits(), first_circuit_id=0)
     reserved(zero, A, 0.0)
@@ -317,7 +325,7 @@ def test_circuit_ids_stay_unique_across_the_wrap() -> None:
     reserved(relay, A, 0.0)
     long_lived = opened(relay, B, A, 0.0)
     assert long_lived.circuit_id == 1
-    relay._ids = itertools.count(2**32 - 1)  # stands for four billion circuits since
+    relay._ids = itertools.count(2**31 - 1)  # stands for two billion circuits since
     opened(relay, C, A, 0.0)
     wrapped = opened(relay, D, A, 0.0)
     assert wrapped.circuit_id != long_lived.circuit_id

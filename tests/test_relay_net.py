@@ -304,3 +304,16 @@ def test_hole_punch_is_refused_over_a_direct_connection_and_rate_limited() -> No
             assert "at most one hole punch per 10 s" in answers[1].reason
 
     run(main())
+
+
+def test_a_relay_that_stops_relaying_ends_its_circuits_with_the_reason() -> None:
+    async def main() -> None:
+        async with network() as (relay, w, r):
+            connection = await asyncio.wait_for(r.relay.connect(w.node_id, via(relay)), WAIT_S)
+            relay.relay.serving = False  # e.g. it found itself private
+            await eventually(lambda: not connection.is_open, "the relayed connection closes")
+            assert connection.close_reason is not None
+            assert "the relay stopped relaying" in connection.close_reason
+            assert relay.relay.book.reservations == 0
+
+    run(main())

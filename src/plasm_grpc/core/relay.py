@@ -33,7 +33,7 @@ __all__ = [
     "Reservation",
 ]
 
-_MAX_CIRCUIT_ID: Final = 2**32 - 1
+_MAX_CIRCUIT_ID: Final = 2**31 - 1  # the frame header's top bit is a direction
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +60,7 @@ class RelayLimits:
 class Reservation:
     node_id: str
     expires_at: float
+    term_started: float = 0.0
     bytes_used: int = 0
     tokens: float = 0.0
     refilled_at: float = 0.0
@@ -126,8 +127,13 @@ class RelayBook:
                 node_id=node_id, expires_at=0.0, tokens=float(limits.rate_bytes_per_s)
             )
             current.refilled_at = now
+            current.term_started = now
+        elif now - current.term_started >= limits.duration_s:
+            # A fresh byte budget once a whole term has passed, not per renewal:
+            # a holder renewing every second must not reset its own limit.
+            current.term_started = now
+            current.bytes_used = 0
         current.expires_at = now + limits.duration_s
-        current.bytes_used = 0
         return current
 
     def reservation(self, node_id: str) -> Reservation | None:
@@ -143,6 +149,12 @@ class RelayBook:
     @property
     def circuits(self) -> int:
         return len(self._circuits)
+
+    def clear(self, reason: str) -> None:
+        """End every reservation and circuit (this node stopped relaying)."""
+        for circuit_id in list(self._circuits):
+            self._close(circuit_id, reason)
+        self._reservations.clear()
 
     def node_gone(self, node_id: str) -> None:
         """`node_id`'s connection closed: its reservation and circuits end."""
@@ -168,7 +180,7 @@ class RelayBook:
             return Refused("the target's reservation used its byte limit for this term")
         circuit_id = next(self._ids)
         while circuit_id > _MAX_CIRCUIT_ID or circuit_id in self._circuits:
-            if circuit_id > _MAX_CIRCUIT_ID:  # four billion circuits: start over
+            if circuit_id > _MAX_CIRCUIT_ID:  # two billion circuits: start over
                 self._ids = itertools.count(1)
             circuit_id = next(self._ids)
         circuit = Circuit(

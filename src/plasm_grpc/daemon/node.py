@@ -434,6 +434,7 @@ class _Reach:
     private: bool = False
     relays: list[RelayAddress] = dataclasses.field(default_factory=list)
     keeping: asyncio.Task[None] | None = None
+    closing: bool = False
 
     def __post_init__(self) -> None:
         self.relay.on_relays_changed(self._relays_changed)
@@ -443,7 +444,7 @@ class _Reach:
             self.dht.set_client_mode(True, reason=f"reachability {old.value} -> private")
             self.relay.serving = False
             self.private = True
-            if self.config.relay.use_relays and self.keeping is None:
+            if self.config.relay.use_relays and (self.keeping is None or self.keeping.done()):
                 self.keeping = self._spawn(self.relay.keep_reservations(self._relay_candidates))
         elif new is Reachability.PUBLIC:
             self.dht.set_client_mode(False, reason=f"reachability {old.value} -> public")
@@ -464,6 +465,8 @@ class _Reach:
 
     def _relays_changed(self, relays: list[RelayAddress]) -> None:
         self.relays = relays
+        if self.closing:
+            return
         self.log.event(
             "relays_advertised", relays=[f"{r.relay_node_id[:16]}@{r.address}" for r in relays]
         )
@@ -487,6 +490,7 @@ class _Reach:
             self.log.warning("reachability_task_failed", error=repr(task.exception()))
 
     async def close(self) -> None:
+        self.closing = True
         if self.keeping is not None:
             self.keeping.cancel()
             await asyncio.gather(self.keeping, return_exceptions=True)

@@ -121,7 +121,6 @@ _MAX_REASON_BYTES: Final = 900  # stays inside one CONNECTION_CLOSE frame
 # "relay/<relay node id>" and whose port is the circuit id.
 RELAYED_HOST_PREFIX: Final = "relay/"
 CID_BYTES: Final = 8  # the QUIC connection ids every endpoint issues
-_CID_BYTES: Final = CID_BYTES
 # DATAGRAM frames queued in aioquic beyond which send_datagram drops.
 _MAX_PENDING_DATAGRAMS: Final = 128
 
@@ -288,6 +287,11 @@ class OverlayConnection:
         self.state = ConnectionState.HANDSHAKING
         self.close_reason: str | None = None
         self.established_at: float | None = None
+        # Kept open while idle (a relay reservation lives on it).
+        self.pinned = False
+        # Set: close as soon as no request is in flight (a relayed connection
+        # replaced by a direct one); None again if it is needed after all.
+        self.retire_reason: str | None = None
 
         # The server knows its own certificate from the start but makes its
         # handshake only once its first QUIC flight is out (datagram_received);
@@ -412,19 +416,27 @@ class OverlayConnection:
         if len(pending) >= _MAX_PENDING_DATAGRAMS:
             return False
         self._quic.send_datagram_frame(data)
+        self._last_activity = self._loop.time()
         self._transmit_soon()
         return True
 
     @property
     def max_datagram_payload(self) -> int:
-        """The largest DATAGRAM frame payload this connection sends."""
-        # A short-header packet: flags, connection id, packet number (aioquic
-        # sends 2 bytes; 4 at most), AEAD tag; then the frame's type and length.
-        room = self._settings.max_datagram_size - (1 + _CID_BYTES + 4 + 16) - (1 + 2)
-        remote = self._quic._remote_max_datagram_frame_size  # no public accessor either
+        """The largest DATAGRAM frame payload that fits one packet of this connection.
+
+        A larger one would sit at the head of aioquic's queue for ever (it
+        never fits, and nothing behind it goes), so send_datagram refuses it.
+        """
+        quic = self._quic  # aioquic 1.x has no public accessors for these
+        remote = quic._remote_max_datagram_frame_size
         if remote is None:
             return 0
-        return max(0, min(room, remote - 3))
+        # A short-header packet: flags, the peer's connection id, a packet
+        # number (aioquic writes 2 bytes; 4 allowed for), the AEAD tag; then
+        # the frame's type and its length (a 2-byte varint below 16384).
+        header = 1 + len(quic._peer_cid.cid) + 4 + 16
+        room = quic._max_datagram_size - header - (1 + 2)
+        return max(0, min(room, remote - (1 + 2)))
 
     def close(self, reason: str = "closed by this node") -> None:
         """Close the connection (idempotent); `wait_terminated()` to wait for QUIC."""
@@ -507,6 +519,7 @@ class OverlayConnection:
             elif isinstance(event, quic_events.DatagramFrameReceived):
                 # Only from a peer that proved its identity (relayed datagrams).
                 if self.state is ConnectionState.ESTABLISHED:
+                    self._last_activity = self._loop.time()
                     self._owner.datagram_frame_received(self, event.data)
             elif isinstance(event, quic_events.StreamReset):
                 self._protocol_error(f"the peer reset stream {event.stream_id}")
@@ -933,8 +946,11 @@ class OverlayConnection:
         if not self.is_open:
             return
         busy = self._pending or self._inbound.tasks or self._chunker.pending
+        if not busy and self.retire_reason is not None:
+            self._finish(self.retire_reason, error_code=CLOSE_NORMAL)
+            return
         idle_for = self._loop.time() - self._last_activity
-        if not busy and idle_for >= self._settings.idle_timeout:
+        if not busy and not self.pinned and idle_for >= self._settings.idle_timeout:
             self._finish(f"idle for {idle_for:.0f} s", error_code=CLOSE_NORMAL)
             return
         self._quic.send_ping(next(self._ping_ids))

@@ -67,9 +67,11 @@ _CLOSE_GRACE_S: Final = 2.0  # how long close() waits for QUIC's draining period
 # DATAGRAM frame on a 1350-byte outer path with the 4-byte circuit id.
 RELAYED_DATAGRAM_SIZE: Final = SMALLEST_MAX_DATAGRAM_SIZE
 CIRCUIT_ID_BYTES: Final = 4
-# A relayed connection replaced by a direct one is closed this much later, so
-# requests already on it finish.
-_REPLACED_GRACE_S: Final = 5.0
+# Set in a frame's 4-byte header on frames a relay delivers to a circuit's end,
+# clear on frames an end sends its relay to forward: a node that is both a
+# relay and an end on one connection tells them apart. The rest is the id.
+DELIVERED_BIT: Final = 0x8000_0000
+MAX_CIRCUIT_ID: Final = DELIVERED_BIT - 1
 
 # Called with (connection the frame came on, circuit id, inner packet) for a
 # DATAGRAM frame on a circuit this node is not an end of: a relay's forwarder.
@@ -322,8 +324,14 @@ class OverlayEndpoint:
         """Take (or stop taking) inbound connections on any circuit of this relay."""
         if accept:
             self._reserved_at.add(relay_node_id)
-        else:
-            self._reserved_at.discard(relay_node_id)
+            return
+        self._reserved_at.discard(relay_node_id)
+        # Inbound connections on its circuits get no more packets: close them.
+        via = RELAYED_HOST_PREFIX + relay_node_id
+        for connection in list(self._all):
+            host, circuit_id = connection.address
+            if host == via and (relay_node_id, int(circuit_id)) not in self._circuits:
+                connection.close("the reservation at its relay ended")
 
     def circuit_closed(self, relay_node_id: str, circuit_id: int, reason: str) -> None:
         """The relay stopped forwarding the circuit: close what runs over it."""
@@ -347,14 +355,22 @@ class OverlayEndpoint:
     def datagram_frame_received(self, connection: OverlayConnection, data: bytes) -> None:
         if len(data) <= CIRCUIT_ID_BYTES:
             return
+        header = int.from_bytes(data[:CIRCUIT_ID_BYTES], "big")
+        circuit_id = header & MAX_CIRCUIT_ID
+        if not header & DELIVERED_BIT:  # an end asks this node, as a relay, to forward
+            if self.circuit_forwarder is not None:
+                self.circuit_forwarder(connection, circuit_id, data[CIRCUIT_ID_BYTES:])
+            return
         relay_node_id = connection.remote_node_id
-        circuit_id = int.from_bytes(data[:CIRCUIT_ID_BYTES], "big")
         assert relay_node_id is not None
         if (relay_node_id, circuit_id) in self._circuits or relay_node_id in self._reserved_at:
             address = (RELAYED_HOST_PREFIX + relay_node_id, circuit_id)
             self._datagram_received(data[CIRCUIT_ID_BYTES:], address)
-        elif self.circuit_forwarder is not None:
-            self.circuit_forwarder(connection, circuit_id, data[CIRCUIT_ID_BYTES:])
+
+    @staticmethod
+    def delivered_frame(circuit_id: int, packet: bytes) -> bytes:
+        """The DATAGRAM frame a relay sends a circuit's end."""
+        return (circuit_id | DELIVERED_BIT).to_bytes(CIRCUIT_ID_BYTES, "big") + packet
 
     async def _dial_address(
         self, address: NetworkAddress, expected_node_id: str, *, relayed: bool = False
@@ -423,6 +439,12 @@ class OverlayEndpoint:
         except ValueError:
             return  # not QUIC
         connection = self._by_cid.get(header.destination_cid)
+        if (
+            connection is not None
+            and connection.address != addr
+            and (connection.relayed or str(addr[0]).startswith(RELAYED_HOST_PREFIX))
+        ):
+            return  # a relayed connection never moves to another path, nor a direct one onto it
         if connection is None:
             if (
                 self._closing
@@ -491,9 +513,8 @@ class OverlayEndpoint:
             self._peers[node_id] = connection
         elif current.relayed and not connection.relayed:
             self._peers[node_id] = connection
-            asyncio.get_running_loop().call_later(
-                _REPLACED_GRACE_S, current.close, "replaced by a direct connection"
-            )
+            # Closed once nothing is in flight on it (a job may run for minutes).
+            current.retire_reason = "replaced by a direct connection"
 
     def connection_finished(self, connection: OverlayConnection) -> None:
         self._live.discard(connection)
@@ -506,6 +527,7 @@ class OverlayEndpoint:
             others.sort(key=lambda c: c.relayed)
             if others:
                 self._peers[node_id] = others[0]
+                others[0].retire_reason = None  # needed again
             else:
                 # Connections relayed through that node have lost their path.
                 via = RELAYED_HOST_PREFIX + node_id

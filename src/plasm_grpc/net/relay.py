@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
+from google.protobuf.message import DecodeError
 from plasm.v1 import relay_pb2
 
 from plasm_grpc import metrics
@@ -35,7 +36,7 @@ from plasm_grpc.core.dht.records import RelayAddress
 from plasm_grpc.core.relay import ClosedCircuit, Forward, Refused, RelayBook, RelayLimits
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net.connection import OverlayConnection
-from plasm_grpc.net.endpoint import CIRCUIT_ID_BYTES, OverlayEndpoint
+from plasm_grpc.net.endpoint import OverlayEndpoint
 from plasm_grpc.net.errors import OverlayError, RequestRefusedError
 
 __all__ = [
@@ -109,7 +110,10 @@ class RelayService:
         self._events = events if events is not None else endpoint.events
         self._clock = clock
         self.book = RelayBook(self.settings.limits)
-        self.serving = False
+        self._serving = False
+        self._notices: set[asyncio.Task[None]] = set()
+        self._keeping_run = 0
+        self._pinned_peers: set[str] = set()  # reservation holders' connections
         self._held: dict[str, _Held] = {}
         self._observed: dict[str, str] = {}  # relay id -> this node's address as it saw it
         self._punched: dict[str, float] = {}  # peer -> when this node last punched for it
@@ -130,10 +134,27 @@ class RelayService:
         self._tasks.append(asyncio.get_running_loop().create_task(self._sweep()))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._notices]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+
+    @property
+    def serving(self) -> bool:
+        """Whether this node relays now (it is publicly reachable)."""
+        return self._serving
+
+    @serving.setter
+    def serving(self, serving: bool) -> None:
+        if self._serving and not serving:
+            # Its holders advertise it: end their reservations and circuits
+            # now, with the reason, rather than relay on until they expire.
+            self.book.clear("the relay stopped relaying")
+            self._tell_closed()
+            self._unpin()
+            self._events.event("relay_stopped")
+        self._serving = serving
 
     def on_relays_changed(self, listener: Callable[[list[RelayAddress]], None]) -> None:
         self._listeners.append(listener)
@@ -158,6 +179,8 @@ class RelayService:
                 accepted=False, reason=result.reason
             ).SerializeToString()
         limits = self.book.limits
+        connection.pinned = True  # the holder is reached through it: not idle
+        self._pinned_peers.add(peer)
         self._events.event(
             "relay_reserved",
             level="debug",
@@ -227,7 +250,7 @@ class RelayService:
             out = self._endpoint.connection_to(decision.to_node)
             if out is None:
                 self.book.node_gone(decision.to_node)
-            elif out.send_datagram(circuit_id.to_bytes(CIRCUIT_ID_BYTES, "big") + packet):
+            elif out.send_datagram(OverlayEndpoint.delivered_frame(circuit_id, packet)):
                 metrics.RELAY_FORWARDED_BYTES.inc(amount=len(packet))
             else:
                 metrics.RELAY_DROPPED_FRAMES.inc()
@@ -244,6 +267,15 @@ class RelayService:
                 if self._endpoint.connection_to(node_id) is None:
                     book.node_gone(node_id)  # its connection closed: the reservation ends
             self._tell_closed()
+            self._unpin()
+
+    def _unpin(self) -> None:
+        """Connections of nodes whose reservation ended may idle out again."""
+        for peer in self._pinned_peers - set(self.book.reservation_ids()):
+            connection = self._endpoint.connection_to(peer)
+            if connection is not None:
+                connection.pinned = False
+        self._pinned_peers &= set(self.book.reservation_ids())
 
     def _tell_closed(self) -> None:
         for closed in self.book.closed():
@@ -258,7 +290,9 @@ class RelayService:
             for node_id in (closed.requester, closed.target):
                 connection = self._endpoint.connection_to(node_id)
                 if connection is not None:
-                    asyncio.get_running_loop().create_task(_notify(connection, closed))
+                    task = asyncio.get_running_loop().create_task(_notify(connection, closed))
+                    self._notices.add(task)
+                    task.add_done_callback(self._notices.discard)
 
     # -- private side: reservations ------------------------------------------------------
 
@@ -267,7 +301,10 @@ class RelayService:
     ) -> None:
         """Hold up to `settings.reservations` reservations among `candidates()`
         ((node id, host, port) of public peers), renewing and replacing them;
-        run until cancelled (then they are dropped from this node's view)."""
+        run until cancelled (then they are dropped from this node's view).
+        A second call supersedes the first."""
+        self._keeping_run += 1
+        run = self._keeping_run
         try:
             while True:
                 changed = self._drop_lost()
@@ -278,17 +315,24 @@ class RelayService:
                     self._changed()
                 await asyncio.sleep(self.settings.retry_s)
         finally:
-            for relay_id in list(self._held):
-                self._endpoint.accept_circuits(relay_id, False)
-            if self._held:
-                self._held.clear()
+            if run == self._keeping_run and self._held:  # not superseded meanwhile
+                for relay_id in list(self._held):
+                    self._release(relay_id)
                 self._changed()
+
+    def _release(self, relay_id: str) -> None:
+        """Stop using the reservation at `relay_id` (this node's side)."""
+        self._held.pop(relay_id, None)
+        self._observed.pop(relay_id, None)
+        self._endpoint.accept_circuits(relay_id, False)
+        connection = self._endpoint.connection_to(relay_id)
+        if connection is not None:
+            connection.pinned = False
 
     def _drop_lost(self) -> bool:
         lost = [r for r in self._held if self._endpoint.connection_to(r) is None]
         for relay_id in lost:
-            del self._held[relay_id]
-            self._endpoint.accept_circuits(relay_id, False)
+            self._release(relay_id)
             self._events.event("relay_reservation_lost", relay_node_id=relay_id)
         return bool(lost)
 
@@ -300,8 +344,7 @@ class RelayService:
                 continue
             address = split_host_port(held.relay.address)
             if await self._reserve(relay_id, *address) is None:
-                del self._held[relay_id]
-                self._endpoint.accept_circuits(relay_id, False)
+                self._release(relay_id)
                 changed = True
         return changed
 
@@ -317,7 +360,10 @@ class RelayService:
             if await self._reserve(node_id, host, port) is not None:
                 changed = True
             else:
-                self._not_before[node_id] = self._clock() + _REFUSED_BACKOFF_S
+                now = self._clock()
+                self._not_before[node_id] = now + _REFUSED_BACKOFF_S
+                if len(self._not_before) > _MAX_PUNCH_MEMORY:
+                    self._not_before = {n: t for n, t in self._not_before.items() if t > now}
         return changed
 
     async def _reserve(self, relay_id: str, host: str, port: int) -> _Held | None:
@@ -331,7 +377,7 @@ class RelayService:
                 self.settings.request_timeout,
             )
             response = relay_pb2.RelayReserveResponse.FromString(raw)
-        except (OverlayError, OSError, TimeoutError, ValueError) as err:
+        except (OverlayError, OSError, TimeoutError, ValueError, DecodeError) as err:
             self._events.event(
                 "relay_reserve_failed", level="debug", relay_node_id=relay_id, error=str(err)
             )
@@ -354,6 +400,7 @@ class RelayService:
         self._held[relay_id] = held
         self._observed[relay_id] = response.observed_address
         self._endpoint.accept_circuits(relay_id, True)
+        connection.pinned = True  # this node is reached through it: never idle
         if not renewed:
             self._events.event(
                 "relay_reservation",
@@ -383,8 +430,10 @@ class RelayService:
         errors: list[str] = []
         for relay in relays:
             try:
-                inner = await self._connect_via(relay, node_id)
-            except (OverlayError, OSError, TimeoutError, ValueError) as err:
+                # One budget for the relay, the circuit and the end-to-end handshake.
+                async with asyncio.timeout(self.settings.request_timeout):
+                    inner = await self._connect_via(relay, node_id)
+            except (OverlayError, OSError, TimeoutError, ValueError, DecodeError) as err:
                 errors.append(f"via {relay.relay_node_id[:16]}: {err or type(err).__name__}")
                 continue
             if not self.settings.hole_punch:
@@ -397,9 +446,7 @@ class RelayService:
     async def _connect_via(self, relay: RelayAddress, node_id: str) -> OverlayConnection:
         host, port = split_host_port(relay.address)
         timeout = self.settings.request_timeout
-        connection = await asyncio.wait_for(
-            self._endpoint.connect(host, port, relay.relay_node_id), timeout
-        )
+        connection = await self._endpoint.connect(host, port, relay.relay_node_id)
         raw = await connection.request(
             CONNECT,
             relay_pb2.RelayConnectRequest(
@@ -422,39 +469,49 @@ class RelayService:
         return inner
 
     async def _hole_punch(self, inner: OverlayConnection, node_id: str) -> OverlayConnection:
+        """Try for a direct connection within `punch_timeout` in all; else keep `inner`."""
         self.punches_tried += 1
         started = self._clock()
+        errors: list[str] = []
+        try:
+            async with asyncio.timeout(self.settings.punch_timeout):
+                direct = await self._punch(inner, node_id, errors)
+        except TimeoutError:
+            errors.append(f"no direct connection within {self.settings.punch_timeout:g} s")
+            direct = None
+        if direct is None:
+            self._punch_result(node_id, False, started, "; ".join(errors))
+            return inner
+        self.punches_succeeded += 1
+        self._punch_result(node_id, True, started, "", address=_format(direct))
+        return direct
+
+    async def _punch(
+        self, inner: OverlayConnection, node_id: str, errors: list[str]
+    ) -> OverlayConnection | None:
         mine = self._observed_addresses()
         try:
             raw = await inner.request(
                 HOLE_PUNCH,
                 relay_pb2.HolePunchRequest(observed_addresses=mine).SerializeToString(),
-                self.settings.request_timeout,
+                self.settings.punch_timeout,
             )
             response = relay_pb2.HolePunchResponse.FromString(raw)
-        except (OverlayError, ValueError) as err:
-            self._punch_result(node_id, False, started, f"HolePunch failed: {err}")
-            return inner
+        except (OverlayError, ValueError, DecodeError) as err:
+            errors.append(f"HolePunch failed: {err}")
+            return None
         if not response.accepted:
-            self._punch_result(node_id, False, started, response.reason)
-            return inner
-        errors = []
+            errors.append(response.reason)
+            return None
         for address in _valid_addresses(response.observed_addresses):
             host, port = split_host_port(address)
             try:
-                direct = await asyncio.wait_for(
-                    self._endpoint.dial_direct(host, port, node_id), self.settings.punch_timeout
-                )
-            except (OverlayError, OSError, TimeoutError) as err:
+                return await self._endpoint.dial_direct(host, port, node_id)
+            except (OverlayError, OSError) as err:
                 errors.append(f"{address}: {err or type(err).__name__}")
-                continue
-            self.punches_succeeded += 1
-            self._punch_result(node_id, True, started, "", address=address)
-            return direct
-        self._punch_result(
-            node_id, False, started, "; ".join(errors) or "the peer named no address"
-        )
-        return inner
+        if not errors:
+            errors.append("the peer named no address")
+        return None
 
     def _punch_result(
         self, node_id: str, ok: bool, started: float, error: str, address: str = ""
@@ -500,7 +557,12 @@ class RelayService:
         ).SerializeToString()
 
     def _observed_addresses(self) -> list[str]:
-        return sorted(set(filter(None, self._observed.values())))[:_MAX_PUNCH_ADDRESSES]
+        """This node's address as relays it is connected to saw it (held ones first)."""
+        for relay_id in [r for r in self._observed if self._endpoint.connection_to(r) is None]:
+            del self._observed[relay_id]
+        ordered = sorted(self._observed.items(), key=lambda item: item[0] not in self._held)
+        unique = dict.fromkeys(address for _, address in ordered if address)
+        return list(unique)[:_MAX_PUNCH_ADDRESSES]
 
     async def _on_circuit_closed(self, peer: str, payload: bytes) -> bytes:
         message = _parse(relay_pb2.RelayCircuitClosed(), payload)
@@ -530,7 +592,7 @@ _Request = TypeVar(
 def _parse(message: _Request, payload: bytes) -> _Request:
     try:
         message.ParseFromString(payload)
-    except ValueError:
+    except (ValueError, DecodeError):
         raise RequestRefusedError(f"malformed {type(message).__name__}") from None
     return message
 

@@ -31,7 +31,9 @@ class RelayReserveRequest(_message.Message):
     travel inside QUIC DATAGRAM frames (RFC 9221) on its connection to the
     relay and on the relay's connection to the target. Every such frame is
 
-      4 bytes  circuit id, big-endian (from RelayConnectResponse)
+      4 bytes  big-endian: bit 31 set on frames the relay delivers to an end,
+               clear on frames an end sends the relay to forward; bits 0-30
+               the circuit id (from RelayConnectResponse)
       rest     one UDP payload of the inner connection (at most 1200 bytes)
 
     The relay forwards a frame on a circuit from one end to the other and sees
