@@ -133,7 +133,10 @@ def measure(
                     nat_a.private,
                     f"{nat_a.private_ip}:{9720 + index}",
                     joined
+                    # Earlier requesters linger in the seed's table until it
+                    # finds them gone: lookups may wait on them at first.
                     + "[remote]\nfallback_local = false\naccept_jobs = false\n"
+                    + "search_timeout_s = 20.0\n"
                     + f"[relay]\nhole_punch = {'true' if punch else 'false'}\n",
                 )
                 first_ms = first_job(a, b.node_id, hello)

@@ -81,11 +81,13 @@ async def network(
     *,
     limits: RelayLimits | None = None,
     hole_punch: bool = False,
+    w_punches: bool | None = None,
     reserve: bool = True,
 ) -> AsyncIterator[tuple[Node, Node, Node]]:
     """(relay, w, r): w holds a reservation at relay unless `reserve` is False."""
     relay = Node("relay", RelaySettings(limits=limits or RelayLimits()))
-    w = Node("w", RelaySettings(hole_punch=hole_punch, retry_s=0.2))
+    w_punch = hole_punch if w_punches is None else w_punches
+    w = Node("w", RelaySettings(hole_punch=w_punch, retry_s=0.2))
     r = Node("r", RelaySettings(hole_punch=hole_punch))
     nodes = (relay, w, r)
     keeping: asyncio.Task[None] | None = None
@@ -315,5 +317,22 @@ def test_a_relay_that_stops_relaying_ends_its_circuits_with_the_reason() -> None
             assert connection.close_reason is not None
             assert "the relay stopped relaying" in connection.close_reason
             assert relay.relay.book.reservations == 0
+
+    run(main())
+
+
+def test_after_a_failed_punch_the_relayed_path_is_used_without_trying_again() -> None:
+    async def main() -> None:
+        async with network(hole_punch=True, w_punches=False) as (relay, w, r):
+            first = await asyncio.wait_for(r.relay.connect(w.node_id, via(relay)), WAIT_S)
+            assert first.relayed  # W will not punch: "hole punching is off"
+            assert r.relay.punches_tried == 1
+            assert r.relay.punches_succeeded == 0
+            assert "hole punching is off" in r.log.getvalue()
+            first.close("test")
+            await eventually(lambda: r.endpoint.connection_to(w.node_id) is None, "closed")
+            second = await asyncio.wait_for(r.relay.connect(w.node_id, via(relay)), WAIT_S)
+            assert second.relayed
+            assert r.relay.punches_tried == 1  # not again for a while
 
     run(main())

@@ -61,6 +61,10 @@ _SWEEP_S: Final = 1.0
 # only after this long.
 _REFUSED_BACKOFF_S: Final = 60.0
 _PUNCH_INTERVAL_S: Final = 10.0  # per peer, callee side
+# After a failed punch to a node, reach it through the relay without trying
+# again for this long (a symmetric NAT stays symmetric; each try costs up to
+# punch_timeout).
+_PUNCH_FAILED_S: Final = 600.0
 _MAX_PUNCH_MEMORY: Final = 1024
 
 
@@ -117,6 +121,7 @@ class RelayService:
         self._held: dict[str, _Held] = {}
         self._observed: dict[str, str] = {}  # relay id -> this node's address as it saw it
         self._punched: dict[str, float] = {}  # peer -> when this node last punched for it
+        self._punch_failed: dict[str, float] = {}  # peer -> until when not to try again
         self._not_before: dict[str, float] = {}  # relay candidates that refused, until when
         self._listeners: list[Callable[[list[RelayAddress]], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -438,6 +443,8 @@ class RelayService:
                 continue
             if not self.settings.hole_punch:
                 return inner
+            if self._punch_failed.get(node_id, -math.inf) > self._clock():
+                return inner  # it failed lately: the relayed path it is
             return await self._hole_punch(inner, node_id)
         raise OverlayError(
             f"cannot reach {node_id} through a relay: " + ("; ".join(errors) or "it names none")
@@ -481,6 +488,10 @@ class RelayService:
             direct = None
         if direct is None:
             self._punch_result(node_id, False, started, "; ".join(errors))
+            now = self._clock()
+            self._punch_failed[node_id] = now + _PUNCH_FAILED_S
+            if len(self._punch_failed) > _MAX_PUNCH_MEMORY:
+                self._punch_failed = {n: t for n, t in self._punch_failed.items() if t > now}
             return inner
         self.punches_succeeded += 1
         self._punch_result(node_id, True, started, "", address=_format(direct))
