@@ -163,7 +163,8 @@ def measure(
 
 
 def first_job(a: Any, worker: str, hello: bytes) -> float:
-    """The first job, retried (bounded) while B's relayed record reaches the DHT."""
+    """The first job that runs (the time of that Submit alone), retried (bounded)
+    while the requester's DHT lookups wait on stale contacts."""
     import grpc
 
     deadline = time.monotonic() + WAIT_S
@@ -202,7 +203,7 @@ def report(results: list[TopologyResult]) -> None:
         if r.relayed_only_p50_ms is not None:
             relayed_p50.append(r.relayed_only_p50_ms)
             print(
-                f"{'  same NATs, hole_punch = false':32} {'-':>9} {'-':>9} {'-':>11} "
+                f"{'... same NATs, no hole punch':32} {'-':>9} {'-':>9} {'-':>11} "
                 f"{r.relayed_only_p50_ms:9.2f}"
             )
     if direct_p50 and relayed_p50:
