@@ -40,6 +40,7 @@ from conftest import (
 )
 from netns import Topology, missing_tools, namespaces, nat_topology, popen_in
 from plasm.v1 import reachability_pb2, service_pb2
+from test_daemon_lifecycle import run_cli
 from test_nat_topology import ns_daemon
 
 pytestmark = pytest.mark.slow
@@ -146,6 +147,8 @@ def wait_for_relays(network: Network) -> None:
     assert advertised["relays"] == [
         f"{network.relay.node_id[:16]}@{network.topo.public_ip}:{RELAY_PORT}"
     ]
+    relay = f"{network.relay.node_id}@{network.topo.public_ip}:{RELAY_PORT}"
+    assert list(network.b.node_info().relays) == [relay]
 
 
 def run_job_on_b(network: Network, wasm: WasmModules, marker: str) -> service_pb2.SubmitResponse:
@@ -228,6 +231,9 @@ def test_a_job_runs_between_two_natted_nodes_directly_after_hole_punching(
         frames, matches = counts(report)
         assert frames > 0
         assert matches == 0  # nothing on the wire carries the plaintext
+        info = run_cli("--addr", network.b.addresses[0], "info")
+        assert info.returncode == 0, info.stderr
+        assert f"{network.relay.node_id[:16]}@{network.topo.public_ip}:{RELAY_PORT}" in info.stdout
 
 
 def test_a_job_runs_through_the_relay_when_a_nat_is_symmetric_and_the_relay_sees_no_plaintext(

@@ -164,6 +164,7 @@ class NodeFacts:
     dht: DhtView | None = None
     # Whether peers can dial this node (net/reachability.py), per GetNodeInfo.
     reachability: Callable[[], Reachability] = lambda: Reachability.UNKNOWN
+    relays: Callable[[], Sequence[str]] = lambda: ()
     # Every job's events, for Watch; None: this node publishes none.
     events: JobEventBus | None = None
     # Cancel a job submitted to this node: True when it is being cancelled,
@@ -295,6 +296,7 @@ class PlasmServicer(service_pb2_grpc.PlasmServiceServicer):
                 for p in self.facts.peers()
             ],
             reachability=_REACHABILITY_PB[self.facts.reachability()],
+            relays=list(self.facts.relays()),
         )
 
     # -- The DHT ---------------------------------------------------------------

@@ -982,6 +982,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.valid else EXIT_UNVERIFIED
 
 
+def _short_relay(relay: str) -> str:
+    """ "<node id>@<host:port>" with the node id cut to 16 characters, for a table."""
+    node_id, _, address = relay.partition("@")
+    return f"{node_id[:16]}@{address}"
+
+
 def _reachability_text(value: int) -> str:
     """ "public", "private" (behind a NAT or firewall) or "unknown" (not yet checked)."""
     if value == reachability_pb2.REACHABILITY_PUBLIC:
@@ -1022,6 +1028,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ),
         ("overlay", info.overlay_address or "off"),
         ("reachability", _reachability_text(info.reachability) if info.overlay_address else "-"),
+        ("relays", ", ".join(_short_relay(r) for r in info.relays) or "-"),
         ("peers", str(len(info.peers))),
         ("receipts stored", str(info.receipts_stored)),
         ("modules cached", str(info.cached_modules)),

@@ -327,6 +327,11 @@ async def start_node(config: Config, log: EventLog) -> Node:
                     peers=(lambda: _peer_views(overlay)) if overlay else (lambda: ()),
                     dht=_DhtView(dht) if dht else None,
                     reachability=_reachability_view(reachability),
+                    relays=(
+                        (lambda: [f"{r.relay_node_id}@{r.address}" for r in reach.relays])
+                        if reach is not None
+                        else (lambda: ())
+                    ),
                     events=events,
                     cancel_job=router.cancel,
                     router=router,

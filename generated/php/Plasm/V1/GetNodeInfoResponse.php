@@ -85,6 +85,13 @@ class GetNodeInfoResponse extends \Google\Protobuf\Internal\Message
      * Generated from protobuf field <code>.plasm.v1.Reachability reachability = 14;</code>
      */
     protected $reachability = 0;
+    /**
+     * The relays this node holds reservations at and advertises, while it is
+     * not publicly reachable, as "<relay node id>&#64;<host:port>".
+     *
+     * Generated from protobuf field <code>repeated string relays = 15;</code>
+     */
+    private $relays;
 
     /**
      * Constructor.
@@ -114,6 +121,9 @@ class GetNodeInfoResponse extends \Google\Protobuf\Internal\Message
      *           Open overlay connections, one per peer.
      *     @type int $reachability
      *           Whether peers can dial this node (reachability detection by dial-back).
+     *     @type array<string>|\Google\Protobuf\Internal\RepeatedField $relays
+     *           The relays this node holds reservations at and advertises, while it is
+     *           not publicly reachable, as "<relay node id>&#64;<host:port>".
      * }
      */
     public function __construct($data = NULL) {
@@ -477,6 +487,34 @@ class GetNodeInfoResponse extends \Google\Protobuf\Internal\Message
     {
         GPBUtil::checkEnum($var, \Plasm\V1\Reachability::class);
         $this->reachability = $var;
+
+        return $this;
+    }
+
+    /**
+     * The relays this node holds reservations at and advertises, while it is
+     * not publicly reachable, as "<relay node id>&#64;<host:port>".
+     *
+     * Generated from protobuf field <code>repeated string relays = 15;</code>
+     * @return \Google\Protobuf\Internal\RepeatedField
+     */
+    public function getRelays()
+    {
+        return $this->relays;
+    }
+
+    /**
+     * The relays this node holds reservations at and advertises, while it is
+     * not publicly reachable, as "<relay node id>&#64;<host:port>".
+     *
+     * Generated from protobuf field <code>repeated string relays = 15;</code>
+     * @param array<string>|\Google\Protobuf\Internal\RepeatedField $var
+     * @return $this
+     */
+    public function setRelays($var)
+    {
+        $arr = GPBUtil::checkRepeatedField($var, \Google\Protobuf\Internal\GPBType::STRING);
+        $this->relays = $arr;
 
         return $this;
     }

@@ -32,7 +32,7 @@ from plasm.v1 import reachability_pb2 as plasm_dot_v1_dot_reachability__pb2
 from plasm.v1 import receipt_pb2 as plasm_dot_v1_dot_receipt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16plasm/v1/service.proto\x12\x08plasm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19plasm/v1/capability.proto\x1a\x12plasm/v1/dht.proto\x1a\x17plasm/v1/envelope.proto\x1a\x12plasm/v1/job.proto\x1a\x17plasm/v1/manifest.proto\x1a\x1bplasm/v1/reachability.proto\x1a\x16plasm/v1/receipt.proto\"X\n\rSubmitRequest\x12\'\n\x08manifest\x18\x01 \x01(\x0b\x32\x15.plasm.v1.JobManifest\x12\x0e\n\x06module\x18\x02 \x01(\x0c\x12\x0e\n\x06job_id\x18\x03 \x01(\t\"w\n\x0eSubmitResponse\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.plasm.v1.JobResult\x12&\n\x08\x61ttempts\x18\x02 \x03(\x0b\x32\x14.plasm.v1.JobAttempt\x12\x18\n\x10\x65xecutor_node_id\x18\x03 \x01(\t\"\xe3\x01\n\rVerifyRequest\x12)\n\x07receipt\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12!\n\x19\x65xpected_executor_node_id\x18\x02 \x01(\t\x12\x13\n\x06stdout\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x13\n\x06stderr\x18\x04 \x01(\x0cH\x01\x88\x01\x01\x12\x13\n\x06module\x18\x05 \x01(\x0cH\x02\x88\x01\x01\x12$\n\x05input\x18\x06 \x01(\x0b\x32\x15.plasm.v1.JobManifestB\t\n\x07_stdoutB\t\n\x07_stderrB\t\n\x07_module\";\n\x0bVerifyCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x83\x01\n\x0eVerifyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12%\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x15.plasm.v1.VerifyCheck\x12#\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x15.plasm.v1.ReceiptBody\x12\x16\n\x0esigner_node_id\x18\x04 \x01(\t\"\x14\n\x12GetNodeInfoRequest\"\xa5\x03\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\t\x12,\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x16.plasm.v1.Capabilities\x12\x16\n\x0egrpc_addresses\x18\x05 \x03(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cjobs_running\x18\x07 \x01(\r\x12\x13\n\x0bjobs_queued\x18\x08 \x01(\r\x12\x16\n\x0ejobs_completed\x18\t \x01(\x04\x12\x17\n\x0freceipts_stored\x18\n \x01(\x04\x12\x16\n\x0e\x63\x61\x63hed_modules\x18\x0b \x01(\r\x12\x17\n\x0foverlay_address\x18\x0c \x01(\t\x12\'\n\x05peers\x18\r \x03(\x0b\x32\x18.plasm.v1.PeerConnection\x12,\n\x0creachability\x18\x0e \x01(\x0e\x32\x16.plasm.v1.Reachability\"U\n\x0ePeerConnection\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x0e\n\x06rtt_us\x18\x04 \x01(\x04\"#\n\x11GetReceiptRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"_\n\rStoredReceipt\x12)\n\x07receipt\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12#\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x15.plasm.v1.ReceiptBody\">\n\x12GetReceiptResponse\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.plasm.v1.StoredReceipt\"<\n\x13ListReceiptsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x14ListReceiptsResponse\x12)\n\x08receipts\x18\x01 \x03(\x0b\x32\x17.plasm.v1.StoredReceipt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x12\n\x10ListPeersRequest\"7\n\x11ListPeersResponse\x12\"\n\x05peers\x18\x01 \x03(\x0b\x32\x13.plasm.v1.KnownPeer\"\xa8\x01\n\tKnownPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06rtt_us\x18\x04 \x01(\x04\x12(\n\x06record\x18\x05 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12,\n\x0erecord_content\x18\x06 \x01(\x0b\x32\x14.plasm.v1.PeerRecord\"y\n\x12\x46indWorkersRequest\x12\x14\n\x0cwasi_version\x18\x01 \x01(\t\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\x16\n\x0emin_free_slots\x18\x04 \x01(\r\x12\r\n\x05limit\x18\x05 \x01(\r\"U\n\x13\x46indWorkersResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.plasm.v1.KnownPeer\x12\x18\n\x10\x63\x61pability_class\x18\x02 \x01(\t\"\"\n\x0f\x46indPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"f\n\x10\x46indPeerResponse\x12!\n\x04peer\x18\x01 \x01(\x0b\x32\x13.plasm.v1.KnownPeer\x12\x0c\n\x04hops\x18\x02 \x01(\r\x12\x0c\n\x04rpcs\x18\x03 \x01(\r\x12\x13\n\x0b\x64uration_us\x18\x04 \x01(\x04\"\x1e\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\rWatchResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.plasm.v1.JobEvent\"\x1f\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x32\xba\x05\n\x0cPlasmService\x12;\n\x06Submit\x12\x17.plasm.v1.SubmitRequest\x1a\x18.plasm.v1.SubmitResponse\x12;\n\x06Verify\x12\x17.plasm.v1.VerifyRequest\x1a\x18.plasm.v1.VerifyResponse\x12J\n\x0bGetNodeInfo\x12\x1c.plasm.v1.GetNodeInfoRequest\x1a\x1d.plasm.v1.GetNodeInfoResponse\x12G\n\nGetReceipt\x12\x1b.plasm.v1.GetReceiptRequest\x1a\x1c.plasm.v1.GetReceiptResponse\x12M\n\x0cListReceipts\x12\x1d.plasm.v1.ListReceiptsRequest\x1a\x1e.plasm.v1.ListReceiptsResponse\x12\x44\n\tListPeers\x12\x1a.plasm.v1.ListPeersRequest\x1a\x1b.plasm.v1.ListPeersResponse\x12J\n\x0b\x46indWorkers\x12\x1c.plasm.v1.FindWorkersRequest\x1a\x1d.plasm.v1.FindWorkersResponse\x12\x41\n\x08\x46indPeer\x12\x19.plasm.v1.FindPeerRequest\x1a\x1a.plasm.v1.FindPeerResponse\x12:\n\x05Watch\x12\x16.plasm.v1.WatchRequest\x1a\x17.plasm.v1.WatchResponse0\x01\x12;\n\x06\x43\x61ncel\x12\x17.plasm.v1.CancelRequest\x1a\x18.plasm.v1.CancelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16plasm/v1/service.proto\x12\x08plasm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19plasm/v1/capability.proto\x1a\x12plasm/v1/dht.proto\x1a\x17plasm/v1/envelope.proto\x1a\x12plasm/v1/job.proto\x1a\x17plasm/v1/manifest.proto\x1a\x1bplasm/v1/reachability.proto\x1a\x16plasm/v1/receipt.proto\"X\n\rSubmitRequest\x12\'\n\x08manifest\x18\x01 \x01(\x0b\x32\x15.plasm.v1.JobManifest\x12\x0e\n\x06module\x18\x02 \x01(\x0c\x12\x0e\n\x06job_id\x18\x03 \x01(\t\"w\n\x0eSubmitResponse\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.plasm.v1.JobResult\x12&\n\x08\x61ttempts\x18\x02 \x03(\x0b\x32\x14.plasm.v1.JobAttempt\x12\x18\n\x10\x65xecutor_node_id\x18\x03 \x01(\t\"\xe3\x01\n\rVerifyRequest\x12)\n\x07receipt\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12!\n\x19\x65xpected_executor_node_id\x18\x02 \x01(\t\x12\x13\n\x06stdout\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x13\n\x06stderr\x18\x04 \x01(\x0cH\x01\x88\x01\x01\x12\x13\n\x06module\x18\x05 \x01(\x0cH\x02\x88\x01\x01\x12$\n\x05input\x18\x06 \x01(\x0b\x32\x15.plasm.v1.JobManifestB\t\n\x07_stdoutB\t\n\x07_stderrB\t\n\x07_module\";\n\x0bVerifyCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x83\x01\n\x0eVerifyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12%\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x15.plasm.v1.VerifyCheck\x12#\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x15.plasm.v1.ReceiptBody\x12\x16\n\x0esigner_node_id\x18\x04 \x01(\t\"\x14\n\x12GetNodeInfoRequest\"\xb5\x03\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\t\x12,\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x16.plasm.v1.Capabilities\x12\x16\n\x0egrpc_addresses\x18\x05 \x03(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cjobs_running\x18\x07 \x01(\r\x12\x13\n\x0bjobs_queued\x18\x08 \x01(\r\x12\x16\n\x0ejobs_completed\x18\t \x01(\x04\x12\x17\n\x0freceipts_stored\x18\n \x01(\x04\x12\x16\n\x0e\x63\x61\x63hed_modules\x18\x0b \x01(\r\x12\x17\n\x0foverlay_address\x18\x0c \x01(\t\x12\'\n\x05peers\x18\r \x03(\x0b\x32\x18.plasm.v1.PeerConnection\x12,\n\x0creachability\x18\x0e \x01(\x0e\x32\x16.plasm.v1.Reachability\x12\x0e\n\x06relays\x18\x0f \x03(\t\"U\n\x0ePeerConnection\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x0e\n\x06rtt_us\x18\x04 \x01(\x04\"#\n\x11GetReceiptRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"_\n\rStoredReceipt\x12)\n\x07receipt\x18\x01 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12#\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x15.plasm.v1.ReceiptBody\">\n\x12GetReceiptResponse\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.plasm.v1.StoredReceipt\"<\n\x13ListReceiptsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x14ListReceiptsResponse\x12)\n\x08receipts\x18\x01 \x03(\x0b\x32\x17.plasm.v1.StoredReceipt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x12\n\x10ListPeersRequest\"7\n\x11ListPeersResponse\x12\"\n\x05peers\x18\x01 \x03(\x0b\x32\x13.plasm.v1.KnownPeer\"\xa8\x01\n\tKnownPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06rtt_us\x18\x04 \x01(\x04\x12(\n\x06record\x18\x05 \x01(\x0b\x32\x18.plasm.v1.SignedEnvelope\x12,\n\x0erecord_content\x18\x06 \x01(\x0b\x32\x14.plasm.v1.PeerRecord\"y\n\x12\x46indWorkersRequest\x12\x14\n\x0cwasi_version\x18\x01 \x01(\t\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\x16\n\x0emin_free_slots\x18\x04 \x01(\r\x12\r\n\x05limit\x18\x05 \x01(\r\"U\n\x13\x46indWorkersResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.plasm.v1.KnownPeer\x12\x18\n\x10\x63\x61pability_class\x18\x02 \x01(\t\"\"\n\x0f\x46indPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"f\n\x10\x46indPeerResponse\x12!\n\x04peer\x18\x01 \x01(\x0b\x32\x13.plasm.v1.KnownPeer\x12\x0c\n\x04hops\x18\x02 \x01(\r\x12\x0c\n\x04rpcs\x18\x03 \x01(\r\x12\x13\n\x0b\x64uration_us\x18\x04 \x01(\x04\"\x1e\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\rWatchResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.plasm.v1.JobEvent\"\x1f\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x32\xba\x05\n\x0cPlasmService\x12;\n\x06Submit\x12\x17.plasm.v1.SubmitRequest\x1a\x18.plasm.v1.SubmitResponse\x12;\n\x06Verify\x12\x17.plasm.v1.VerifyRequest\x1a\x18.plasm.v1.VerifyResponse\x12J\n\x0bGetNodeInfo\x12\x1c.plasm.v1.GetNodeInfoRequest\x1a\x1d.plasm.v1.GetNodeInfoResponse\x12G\n\nGetReceipt\x12\x1b.plasm.v1.GetReceiptRequest\x1a\x1c.plasm.v1.GetReceiptResponse\x12M\n\x0cListReceipts\x12\x1d.plasm.v1.ListReceiptsRequest\x1a\x1e.plasm.v1.ListReceiptsResponse\x12\x44\n\tListPeers\x12\x1a.plasm.v1.ListPeersRequest\x1a\x1b.plasm.v1.ListPeersResponse\x12J\n\x0b\x46indWorkers\x12\x1c.plasm.v1.FindWorkersRequest\x1a\x1d.plasm.v1.FindWorkersResponse\x12\x41\n\x08\x46indPeer\x12\x19.plasm.v1.FindPeerRequest\x1a\x1a.plasm.v1.FindPeerResponse\x12:\n\x05Watch\x12\x16.plasm.v1.WatchRequest\x1a\x17.plasm.v1.WatchResponse0\x01\x12;\n\x06\x43\x61ncel\x12\x17.plasm.v1.CancelRequest\x1a\x18.plasm.v1.CancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,41 +52,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETNODEINFOREQUEST']._serialized_start=875
   _globals['_GETNODEINFOREQUEST']._serialized_end=895
   _globals['_GETNODEINFORESPONSE']._serialized_start=898
-  _globals['_GETNODEINFORESPONSE']._serialized_end=1319
-  _globals['_PEERCONNECTION']._serialized_start=1321
-  _globals['_PEERCONNECTION']._serialized_end=1406
-  _globals['_GETRECEIPTREQUEST']._serialized_start=1408
-  _globals['_GETRECEIPTREQUEST']._serialized_end=1443
-  _globals['_STOREDRECEIPT']._serialized_start=1445
-  _globals['_STOREDRECEIPT']._serialized_end=1540
-  _globals['_GETRECEIPTRESPONSE']._serialized_start=1542
-  _globals['_GETRECEIPTRESPONSE']._serialized_end=1604
-  _globals['_LISTRECEIPTSREQUEST']._serialized_start=1606
-  _globals['_LISTRECEIPTSREQUEST']._serialized_end=1666
-  _globals['_LISTRECEIPTSRESPONSE']._serialized_start=1668
-  _globals['_LISTRECEIPTSRESPONSE']._serialized_end=1758
-  _globals['_LISTPEERSREQUEST']._serialized_start=1760
-  _globals['_LISTPEERSREQUEST']._serialized_end=1778
-  _globals['_LISTPEERSRESPONSE']._serialized_start=1780
-  _globals['_LISTPEERSRESPONSE']._serialized_end=1835
-  _globals['_KNOWNPEER']._serialized_start=1838
-  _globals['_KNOWNPEER']._serialized_end=2006
-  _globals['_FINDWORKERSREQUEST']._serialized_start=2008
-  _globals['_FINDWORKERSREQUEST']._serialized_end=2129
-  _globals['_FINDWORKERSRESPONSE']._serialized_start=2131
-  _globals['_FINDWORKERSRESPONSE']._serialized_end=2216
-  _globals['_FINDPEERREQUEST']._serialized_start=2218
-  _globals['_FINDPEERREQUEST']._serialized_end=2252
-  _globals['_FINDPEERRESPONSE']._serialized_start=2254
-  _globals['_FINDPEERRESPONSE']._serialized_end=2356
-  _globals['_WATCHREQUEST']._serialized_start=2358
-  _globals['_WATCHREQUEST']._serialized_end=2388
-  _globals['_WATCHRESPONSE']._serialized_start=2390
-  _globals['_WATCHRESPONSE']._serialized_end=2440
-  _globals['_CANCELREQUEST']._serialized_start=2442
-  _globals['_CANCELREQUEST']._serialized_end=2473
-  _globals['_CANCELRESPONSE']._serialized_start=2475
-  _globals['_CANCELRESPONSE']._serialized_end=2510
-  _globals['_PLASMSERVICE']._serialized_start=2513
-  _globals['_PLASMSERVICE']._serialized_end=3211
+  _globals['_GETNODEINFORESPONSE']._serialized_end=1335
+  _globals['_PEERCONNECTION']._serialized_start=1337
+  _globals['_PEERCONNECTION']._serialized_end=1422
+  _globals['_GETRECEIPTREQUEST']._serialized_start=1424
+  _globals['_GETRECEIPTREQUEST']._serialized_end=1459
+  _globals['_STOREDRECEIPT']._serialized_start=1461
+  _globals['_STOREDRECEIPT']._serialized_end=1556
+  _globals['_GETRECEIPTRESPONSE']._serialized_start=1558
+  _globals['_GETRECEIPTRESPONSE']._serialized_end=1620
+  _globals['_LISTRECEIPTSREQUEST']._serialized_start=1622
+  _globals['_LISTRECEIPTSREQUEST']._serialized_end=1682
+  _globals['_LISTRECEIPTSRESPONSE']._serialized_start=1684
+  _globals['_LISTRECEIPTSRESPONSE']._serialized_end=1774
+  _globals['_LISTPEERSREQUEST']._serialized_start=1776
+  _globals['_LISTPEERSREQUEST']._serialized_end=1794
+  _globals['_LISTPEERSRESPONSE']._serialized_start=1796
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1851
+  _globals['_KNOWNPEER']._serialized_start=1854
+  _globals['_KNOWNPEER']._serialized_end=2022
+  _globals['_FINDWORKERSREQUEST']._serialized_start=2024
+  _globals['_FINDWORKERSREQUEST']._serialized_end=2145
+  _globals['_FINDWORKERSRESPONSE']._serialized_start=2147
+  _globals['_FINDWORKERSRESPONSE']._serialized_end=2232
+  _globals['_FINDPEERREQUEST']._serialized_start=2234
+  _globals['_FINDPEERREQUEST']._serialized_end=2268
+  _globals['_FINDPEERRESPONSE']._serialized_start=2270
+  _globals['_FINDPEERRESPONSE']._serialized_end=2372
+  _globals['_WATCHREQUEST']._serialized_start=2374
+  _globals['_WATCHREQUEST']._serialized_end=2404
+  _globals['_WATCHRESPONSE']._serialized_start=2406
+  _globals['_WATCHRESPONSE']._serialized_end=2456
+  _globals['_CANCELREQUEST']._serialized_start=2458
+  _globals['_CANCELREQUEST']._serialized_end=2489
+  _globals['_CANCELRESPONSE']._serialized_start=2491
+  _globals['_CANCELRESPONSE']._serialized_end=2526
+  _globals['_PLASMSERVICE']._serialized_start=2529
+  _globals['_PLASMSERVICE']._serialized_end=3227
 # @@protoc_insertion_point(module_scope)

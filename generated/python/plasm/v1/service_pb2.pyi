@@ -243,6 +243,7 @@ class GetNodeInfoResponse(_message.Message):
     OVERLAY_ADDRESS_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     REACHABILITY_FIELD_NUMBER: _builtins.int
+    RELAYS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """64 lowercase hex."""
     public_key: _builtins.bytes
@@ -271,6 +272,12 @@ class GetNodeInfoResponse(_message.Message):
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerConnection]:
         """Open overlay connections, one per peer."""
 
+    @_builtins.property
+    def relays(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The relays this node holds reservations at and advertises, while it is
+        not publicly reachable, as "<relay node id>@<host:port>".
+        """
+
     def __init__(
         self,
         *,
@@ -288,10 +295,11 @@ class GetNodeInfoResponse(_message.Message):
         overlay_address: _builtins.str = ...,
         peers: _abc.Iterable[Global___PeerConnection] | None = ...,
         reachability: _reachability_pb2.Reachability.ValueType = ...,
+        relays: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_modules", b"cached_modules", "capabilities", b"capabilities", "grpc_addresses", b"grpc_addresses", "jobs_completed", b"jobs_completed", "jobs_queued", b"jobs_queued", "jobs_running", b"jobs_running", "node_id", b"node_id", "overlay_address", b"overlay_address", "peers", b"peers", "public_key", b"public_key", "reachability", b"reachability", "receipts_stored", b"receipts_stored", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_modules", b"cached_modules", "capabilities", b"capabilities", "grpc_addresses", b"grpc_addresses", "jobs_completed", b"jobs_completed", "jobs_queued", b"jobs_queued", "jobs_running", b"jobs_running", "node_id", b"node_id", "overlay_address", b"overlay_address", "peers", b"peers", "public_key", b"public_key", "reachability", b"reachability", "receipts_stored", b"receipts_stored", "relays", b"relays", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
