@@ -175,11 +175,14 @@ class RelayService:
         _parse(relay_pb2.RelayReserveRequest(), payload)
         connection = self._endpoint.connection_to(peer)
         if connection is None or connection.relayed:
-            raise RequestRefusedError("reserve over a direct connection")
+            raise RequestRefusedError("Reserve needs a direct connection")
         refusal = self._refusal()
         result = self.book.reserve(peer, self._clock()) if refusal is None else Refused(refusal)
         if isinstance(result, Refused):
-            self._events.event("relay_reservation_refused", peer_node_id=peer, reason=result.reason)
+            # debug: any peer can ask, as often as it likes
+            self._events.event(
+                "relay_reservation_refused", level="debug", peer_node_id=peer, reason=result.reason
+            )
             return relay_pb2.RelayReserveResponse(
                 accepted=False, reason=result.reason
             ).SerializeToString()
@@ -210,7 +213,7 @@ class RelayService:
         target = request.target_node_id.hex()
         connection = self._endpoint.connection_to(peer)
         if connection is None or connection.relayed:
-            raise RequestRefusedError("connect over a direct connection")
+            raise RequestRefusedError("Connect needs a direct connection")
         refusal = self._refusal()
         reserved = self.book.reservation(target) is not None
         if refusal is None and reserved and self._endpoint.connection_to(target) is None:
@@ -224,7 +227,11 @@ class RelayService:
         self._tell_closed()
         if isinstance(result, Refused):
             self._events.event(
-                "relay_circuit_refused", peer_node_id=peer, target=target, reason=result.reason
+                "relay_circuit_refused",
+                level="debug",
+                peer_node_id=peer,
+                target=target,
+                reason=result.reason,
             )
             return relay_pb2.RelayConnectResponse(
                 accepted=False, reason=result.reason
