@@ -90,14 +90,14 @@ if TYPE_CHECKING:
 __all__ = [
     "ALPN",
     "CHUNK_BYTES",
-    "CID_BYTES",
     "FRAME_MIN_BYTES_PER_S",
-    "RELAYED_HOST_PREFIX",
     "ConnectionState",
     "Handler",
     "LocalIdentity",
     "OverlayConnection",
     "OverlaySettings",
+    "relay_of",
+    "relayed_address",
 ]
 
 ALPN: Final = "plasm/1"
@@ -119,8 +119,7 @@ CLOSE_REFUSED: Final = 0x3
 _MAX_REASON_BYTES: Final = 900  # stays inside one CONNECTION_CLOSE frame
 # Relayed connections (docs/reachability.md) have addresses whose host is
 # "relay/<relay node id>" and whose port is the circuit id.
-RELAYED_HOST_PREFIX: Final = "relay/"
-CID_BYTES: Final = 8  # the QUIC connection ids every endpoint issues
+_RELAYED_HOST_PREFIX: Final = "relay/"
 # DATAGRAM frames queued in aioquic beyond which send_datagram drops.
 _MAX_PENDING_DATAGRAMS: Final = 128
 
@@ -401,7 +400,7 @@ class OverlayConnection:
     @property
     def relayed(self) -> bool:
         """Whether this connection runs through a relay (docs/reachability.md)."""
-        return str(self.address[0]).startswith(RELAYED_HOST_PREFIX)
+        return relay_of(self.address) is not None
 
     def send_datagram(self, data: bytes) -> bool:
         """Queue `data` as one QUIC DATAGRAM frame (RFC 9221): unreliable, unordered.
@@ -1060,6 +1059,19 @@ def _check_method(method: str) -> None:
 def _describe_close(event: quic_events.ConnectionTerminated) -> str:
     detail = event.reason_phrase or f"error code 0x{event.error_code:x}"
     return f"QUIC connection closed: {detail}"
+
+
+def relayed_address(relay_node_id: str, circuit_id: int) -> NetworkAddress:
+    """The address of a connection through circuit `circuit_id` of that relay."""
+    return (_RELAYED_HOST_PREFIX + relay_node_id, circuit_id)
+
+
+def relay_of(address: NetworkAddress) -> str | None:
+    """The relay's node id for a relayed connection's address; None for a UDP address."""
+    host = address[0]
+    if isinstance(host, str) and host.startswith(_RELAYED_HOST_PREFIX):
+        return host[len(_RELAYED_HOST_PREFIX) :]
+    return None
 
 
 def _format_address(address: NetworkAddress) -> str:

@@ -43,22 +43,22 @@ from plasm_grpc.core.noise import (
     sign_noise_identity,
 )
 from plasm_grpc.logs import EventLog
-from plasm_grpc.net.certs import new_certificate
+from plasm_grpc.net.certs import QuicCertificate, new_certificate
 from plasm_grpc.net.connection import (
     ALPN,
-    CID_BYTES,
-    RELAYED_HOST_PREFIX,
     ConnectionState,
     Handler,
     LocalIdentity,
     OverlayConnection,
     OverlaySettings,
+    relay_of,
+    relayed_address,
 )
 from plasm_grpc.net.errors import ConnectionLimitError, OverlayError
 
-__all__ = ["OverlayEndpoint", "PeerInfo"]
+__all__ = ["OverlayEndpoint", "PeerInfo", "circuit_frame"]
 
-_CID_LENGTH: Final = CID_BYTES
+_CID_LENGTH: Final = 8
 # Connections being refused still cost a QUIC handshake; past this many at once
 # new Initial packets are dropped without an answer.
 _MAX_REFUSING: Final = 64
@@ -132,10 +132,10 @@ class OverlayEndpoint:
         self._live: set[OverlayConnection] = set()  # not yet finished (counted by limits)
         self._peers: dict[str, OverlayConnection] = {}  # established, by node id
         self._dials: dict[str, asyncio.Task[OverlayConnection]] = {}
-        # Relayed paths: circuits this node dialled through (relay id, circuit
-        # id), and relays whose every circuit may bring inbound connections
-        # (this node holds a reservation there).
-        self._circuits: set[tuple[str, int]] = set()
+        # Relayed paths: the addresses of circuits this node dialled through
+        # (relayed_address), and relays whose every circuit may bring inbound
+        # connections (this node holds a reservation there).
+        self._circuits: set[NetworkAddress] = set()
         self._reserved_at: set[str] = set()
         self._relayed_server_config: QuicConfiguration | None = None
         self._relayed_client_config: QuicConfiguration | None = None
@@ -187,22 +187,11 @@ class OverlayEndpoint:
             noise=NoiseLocalIdentity(self._static_private, proof),
             server_prologue=handshake_prologue(certificate.der),
         )
-        self._server_config = _quic_configuration(self._settings, is_client=False)
-        self._server_config.certificate = certificate.certificate
-        self._server_config.private_key = certificate.private_key
-        # Identity comes from Noise, not from a certificate authority. aioquic
-        # still checks the server's CertificateVerify, which is what binds the
-        # certificate (and so the Noise prologue) to this connection.
-        self._client_config = _quic_configuration(self._settings, is_client=True)
-        self._client_config.verify_mode = ssl.CERT_NONE
-        self._client_config.server_name = "plasm-overlay"
+        self._server_config, self._client_config = _quic_configurations(self._settings, certificate)
         relayed = dataclasses.replace(self._settings, max_datagram_size=RELAYED_DATAGRAM_SIZE)
-        self._relayed_server_config = _quic_configuration(relayed, is_client=False)
-        self._relayed_server_config.certificate = certificate.certificate
-        self._relayed_server_config.private_key = certificate.private_key
-        self._relayed_client_config = _quic_configuration(relayed, is_client=True)
-        self._relayed_client_config.verify_mode = ssl.CERT_NONE
-        self._relayed_client_config.server_name = "plasm-overlay"
+        self._relayed_server_config, self._relayed_client_config = _quic_configurations(
+            relayed, certificate
+        )
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self), local_addr=(self._host, self._requested_port)
@@ -312,12 +301,12 @@ class OverlayEndpoint:
         check_hex64(expected_node_id, "expected_node_id")
         if self.connection_to(relay_node_id) is None:
             raise OverlayError(f"not connected to relay {relay_node_id}")
-        self._circuits.add((relay_node_id, circuit_id))
-        address = (RELAYED_HOST_PREFIX + relay_node_id, circuit_id)
+        address = relayed_address(relay_node_id, circuit_id)
+        self._circuits.add(address)
         try:
             return await self._dial_address(address, expected_node_id, relayed=True)
         except BaseException:
-            self._circuits.discard((relay_node_id, circuit_id))
+            self._circuits.discard(address)
             raise
 
     def accept_circuits(self, relay_node_id: str, accept: bool) -> None:
@@ -327,16 +316,15 @@ class OverlayEndpoint:
             return
         self._reserved_at.discard(relay_node_id)
         # Inbound connections on its circuits get no more packets: close them.
-        via = RELAYED_HOST_PREFIX + relay_node_id
         for connection in list(self._all):
-            host, circuit_id = connection.address
-            if host == via and (relay_node_id, int(circuit_id)) not in self._circuits:
+            address = connection.address
+            if relay_of(address) == relay_node_id and address not in self._circuits:
                 connection.close("the reservation at its relay ended")
 
     def circuit_closed(self, relay_node_id: str, circuit_id: int, reason: str) -> None:
         """The relay stopped forwarding the circuit: close what runs over it."""
-        self._circuits.discard((relay_node_id, circuit_id))
-        address = (RELAYED_HOST_PREFIX + relay_node_id, circuit_id)
+        address = relayed_address(relay_node_id, circuit_id)
+        self._circuits.discard(address)
         for connection in list(self._all):
             if connection.address == address:
                 connection.close(f"the relay closed the circuit: {reason}")
@@ -363,14 +351,9 @@ class OverlayEndpoint:
             return
         relay_node_id = connection.remote_node_id
         assert relay_node_id is not None
-        if (relay_node_id, circuit_id) in self._circuits or relay_node_id in self._reserved_at:
-            address = (RELAYED_HOST_PREFIX + relay_node_id, circuit_id)
+        address = relayed_address(relay_node_id, circuit_id)
+        if address in self._circuits or relay_node_id in self._reserved_at:
             self._datagram_received(data[CIRCUIT_ID_BYTES:], address)
-
-    @staticmethod
-    def delivered_frame(circuit_id: int, packet: bytes) -> bytes:
-        """The DATAGRAM frame a relay sends a circuit's end."""
-        return (circuit_id | DELIVERED_BIT).to_bytes(CIRCUIT_ID_BYTES, "big") + packet
 
     async def _dial_address(
         self, address: NetworkAddress, expected_node_id: str, *, relayed: bool = False
@@ -425,11 +408,11 @@ class OverlayEndpoint:
     # -- datagrams -----------------------------------------------------------------------
 
     def sendto(self, data: bytes, addr: NetworkAddress) -> None:
-        host = addr[0]
-        if isinstance(host, str) and host.startswith(RELAYED_HOST_PREFIX):
-            relay = self._peers.get(host[len(RELAYED_HOST_PREFIX) :])
+        relay_node_id = relay_of(addr)
+        if relay_node_id is not None:
+            relay = self._peers.get(relay_node_id)
             if relay is not None:  # else lost, as on a path that went down
-                relay.send_datagram(int(addr[1]).to_bytes(CIRCUIT_ID_BYTES, "big") + data)
+                relay.send_datagram(circuit_frame(int(addr[1]), data, delivered=False))
         elif self._transport is not None:
             self._transport.sendto(data, addr)
 
@@ -442,7 +425,7 @@ class OverlayEndpoint:
         if (
             connection is not None
             and connection.address != addr
-            and (connection.relayed or str(addr[0]).startswith(RELAYED_HOST_PREFIX))
+            and (connection.relayed or relay_of(addr) is not None)
         ):
             return  # a relayed connection never moves to another path, nor a direct one onto it
         if connection is None:
@@ -473,7 +456,7 @@ class OverlayEndpoint:
             )
         if refuse is not None and len(self._all) - len(self._live) >= _MAX_REFUSING:
             return None
-        relayed = str(addr[0]).startswith(RELAYED_HOST_PREFIX)
+        relayed = relay_of(addr) is not None
         config = self._relayed_server_config if relayed else self._server_config
         assert config is not None
         quic = QuicConnection(
@@ -530,15 +513,12 @@ class OverlayEndpoint:
                 others[0].retire_reason = None  # needed again
             else:
                 # Connections relayed through that node have lost their path.
-                via = RELAYED_HOST_PREFIX + node_id
                 for other in list(self._all):
-                    if other.address[0] == via:
+                    if relay_of(other.address) == node_id:
                         other.close("the connection to its relay closed")
 
     def connection_terminated(self, connection: OverlayConnection) -> None:
-        if connection.relayed:
-            host, circuit_id = connection.address
-            self._circuits.discard((str(host)[len(RELAYED_HOST_PREFIX) :], int(circuit_id)))
+        self._circuits.discard(connection.address)
         self._all.discard(connection)
         self._live.discard(connection)
         for cid in [cid for cid, c in self._by_cid.items() if c is connection]:
@@ -550,6 +530,28 @@ class OverlayEndpoint:
     def _state_counts(self) -> Counter[ConnectionState]:
         """For tests and diagnostics: connections tracked, by state."""
         return Counter(c.state for c in self._all)
+
+
+def circuit_frame(circuit_id: int, packet: bytes, *, delivered: bool) -> bytes:
+    """A DATAGRAM frame on a circuit: to the relay to forward, or `delivered` by it."""
+    header = circuit_id | DELIVERED_BIT if delivered else circuit_id
+    return header.to_bytes(CIRCUIT_ID_BYTES, "big") + packet
+
+
+def _quic_configurations(
+    settings: OverlaySettings, certificate: QuicCertificate
+) -> tuple[QuicConfiguration, QuicConfiguration]:
+    """(server, client) configurations; the server presents `certificate`."""
+    server = _quic_configuration(settings, is_client=False)
+    server.certificate = certificate.certificate
+    server.private_key = certificate.private_key
+    # Identity comes from Noise, not from a certificate authority. aioquic
+    # still checks the server's CertificateVerify, which is what binds the
+    # certificate (and so the Noise prologue) to this connection.
+    client = _quic_configuration(settings, is_client=True)
+    client.verify_mode = ssl.CERT_NONE
+    client.server_name = "plasm-overlay"
+    return server, client
 
 
 def _quic_configuration(settings: OverlaySettings, *, is_client: bool) -> QuicConfiguration:

@@ -36,7 +36,7 @@ from plasm_grpc.core.dht.records import RelayAddress
 from plasm_grpc.core.relay import ClosedCircuit, Forward, Refused, RelayBook, RelayLimits
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net.connection import OverlayConnection
-from plasm_grpc.net.endpoint import OverlayEndpoint
+from plasm_grpc.net.endpoint import OverlayEndpoint, circuit_frame
 from plasm_grpc.net.errors import OverlayError, RequestRefusedError
 
 __all__ = [
@@ -262,7 +262,7 @@ class RelayService:
             out = self._endpoint.connection_to(decision.to_node)
             if out is None:
                 self.book.node_gone(decision.to_node)
-            elif out.send_datagram(OverlayEndpoint.delivered_frame(circuit_id, packet)):
+            elif out.send_datagram(circuit_frame(circuit_id, packet, delivered=True)):
                 metrics.RELAY_FORWARDED_BYTES.inc(amount=len(packet))
             else:
                 metrics.RELAY_DROPPED_FRAMES.inc()
