@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from plasm_grpc.core.relay import (
     Circuit,
     ClosedCircuit,
+    Cooldowns,
     Forward,
     Refused,
     RelayBook,
@@ -546,3 +547,16 @@ def test_forwarded_bytes_never_exceed_the_byte_or_rate_limit(ops: list[object]) 
         assert made.bytes_used <= MAX_BYTES
         assert total <= RATE * now + RATE
         assert relay.forwarded_bytes == total
+
+
+def test_cooldowns_hold_until_their_time_and_forget_only_what_is_over() -> None:
+    held = Cooldowns(max_keys=2)
+    assert not held.active(A, 0.0)
+    held.hold(A, 10.0, 0.0)
+    assert held.active(A, 9.9)
+    assert not held.active(A, 10.0)  # over at the instant given
+    held.hold(B, 5.0, 0.0)
+    held.hold(C, 20.0, 6.0)  # past max_keys: B's hold is over and forgotten, A's is kept
+    assert held.active(A, 6.0)
+    assert held.active(C, 6.0)
+    assert not held.active(B, 0.0)

@@ -20,12 +20,14 @@ what the calls return.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
     "Circuit",
     "ClosedCircuit",
+    "Cooldowns",
     "Forward",
     "Refused",
     "RelayBook",
@@ -97,6 +99,26 @@ class ClosedCircuit:
     requester: str
     target: str
     reason: str
+
+
+class Cooldowns:
+    """Keys on hold until a time each (a peer not to ask, or punch for, again yet).
+
+    Remembers at most about `max_keys`: past that, the holds already over are
+    forgotten when a new one is made.
+    """
+
+    def __init__(self, max_keys: int = 1024) -> None:
+        self._until: dict[str, float] = {}
+        self._max_keys = max_keys
+
+    def active(self, key: str, now: float) -> bool:
+        return self._until.get(key, -math.inf) > now
+
+    def hold(self, key: str, until: float, now: float) -> None:
+        self._until[key] = until
+        if len(self._until) > self._max_keys:
+            self._until = {k: t for k, t in self._until.items() if t > now}
 
 
 class RelayBook:

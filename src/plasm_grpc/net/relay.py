@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +32,14 @@ from plasm.v1 import relay_pb2
 from plasm_grpc import metrics
 from plasm_grpc.core.address import host_port, split_host_port
 from plasm_grpc.core.dht.records import RelayAddress
-from plasm_grpc.core.relay import ClosedCircuit, Forward, Refused, RelayBook, RelayLimits
+from plasm_grpc.core.relay import (
+    ClosedCircuit,
+    Cooldowns,
+    Forward,
+    Refused,
+    RelayBook,
+    RelayLimits,
+)
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net.connection import OverlayConnection
 from plasm_grpc.net.endpoint import OverlayEndpoint, circuit_frame
@@ -65,7 +71,6 @@ _PUNCH_INTERVAL_S: Final = 10.0  # per peer, callee side
 # again for this long (a symmetric NAT stays symmetric; each try costs up to
 # punch_timeout).
 _PUNCH_FAILED_S: Final = 600.0
-_MAX_PUNCH_MEMORY: Final = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,7 +100,6 @@ class _Held:
 
     relay: RelayAddress
     renew_at: float
-    observed_address: str
 
 
 class RelayService:
@@ -120,9 +124,9 @@ class RelayService:
         self._pinned_peers: set[str] = set()  # reservation holders' connections
         self._held: dict[str, _Held] = {}
         self._observed: dict[str, str] = {}  # relay id -> this node's address as it saw it
-        self._punched: dict[str, float] = {}  # peer -> when this node last punched for it
-        self._punch_failed: dict[str, float] = {}  # peer -> until when not to try again
-        self._not_before: dict[str, float] = {}  # relay candidates that refused, until when
+        self._punched = Cooldowns()  # peers this node punched for lately (callee side)
+        self._punch_failed = Cooldowns()  # peers a punch to failed lately (caller side)
+        self._not_before = Cooldowns()  # relay candidates that refused lately
         self._listeners: list[Callable[[list[RelayAddress]], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.punches_tried = 0
@@ -283,11 +287,12 @@ class RelayService:
 
     def _unpin(self) -> None:
         """Connections of nodes whose reservation ended may idle out again."""
-        for peer in self._pinned_peers - set(self.book.reservation_ids()):
+        reserved = set(self.book.reservation_ids())
+        for peer in self._pinned_peers - reserved:
             connection = self._endpoint.connection_to(peer)
             if connection is not None:
                 connection.pinned = False
-        self._pinned_peers &= set(self.book.reservation_ids())
+        self._pinned_peers &= reserved
 
     def _tell_closed(self) -> None:
         for closed in self.book.closed():
@@ -367,15 +372,13 @@ class RelayService:
                 break
             if node_id in self._held or node_id == self._endpoint.node_id:
                 continue
-            if self._not_before.get(node_id, 0.0) > self._clock():
+            if self._not_before.active(node_id, self._clock()):
                 continue
             if await self._reserve(node_id, host, port) is not None:
                 changed = True
             else:
                 now = self._clock()
-                self._not_before[node_id] = now + _REFUSED_BACKOFF_S
-                if len(self._not_before) > _MAX_PUNCH_MEMORY:
-                    self._not_before = {n: t for n, t in self._not_before.items() if t > now}
+                self._not_before.hold(node_id, now + _REFUSED_BACKOFF_S, now)
         return changed
 
     async def _reserve(self, relay_id: str, host: str, port: int) -> _Held | None:
@@ -406,7 +409,6 @@ class RelayService:
         held = _Held(
             relay=RelayAddress(relay_node_id=relay_id, address=host_port(host, port)),
             renew_at=self._clock() + duration / 2,
-            observed_address=response.observed_address,
         )
         renewed = relay_id in self._held
         self._held[relay_id] = held
@@ -450,7 +452,7 @@ class RelayService:
                 continue
             if not self.settings.hole_punch:
                 return inner
-            if self._punch_failed.get(node_id, -math.inf) > self._clock():
+            if self._punch_failed.active(node_id, self._clock()):
                 return inner  # it failed lately: the relayed path it is
             return await self._hole_punch(inner, node_id)
         raise OverlayError(
@@ -496,9 +498,7 @@ class RelayService:
         if direct is None:
             self._punch_result(node_id, False, started, "; ".join(errors))
             now = self._clock()
-            self._punch_failed[node_id] = now + _PUNCH_FAILED_S
-            if len(self._punch_failed) > _MAX_PUNCH_MEMORY:
-                self._punch_failed = {n: t for n, t in self._punch_failed.items() if t > now}
+            self._punch_failed.hold(node_id, now + _PUNCH_FAILED_S, now)
             return inner
         self.punches_succeeded += 1
         self._punch_result(node_id, True, started, "", address=_format(direct))
@@ -556,14 +556,11 @@ class RelayService:
         if self._endpoint.relayed_connection_to(peer) is None:
             raise RequestRefusedError("HolePunch is for a connection through a relay")
         now = self._clock()
-        if self._punched.get(peer, -math.inf) + _PUNCH_INTERVAL_S > now:
+        if self._punched.active(peer, now):
             return relay_pb2.HolePunchResponse(
                 accepted=False, reason=f"at most one hole punch per {_PUNCH_INTERVAL_S:g} s"
             ).SerializeToString()
-        self._punched[peer] = now
-        if len(self._punched) > _MAX_PUNCH_MEMORY:
-            for old in [p for p, at in self._punched.items() if at + _PUNCH_INTERVAL_S <= now]:
-                del self._punched[old]
+        self._punched.hold(peer, now + _PUNCH_INTERVAL_S, now)
         targets = _valid_addresses(request.observed_addresses)
         loop = asyncio.get_running_loop()
         for delay in _PUNCH_SCHEDULE:
