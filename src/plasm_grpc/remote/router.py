@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import platform
 import time
@@ -52,6 +53,7 @@ from plasm_grpc.core.dht.records import (
     requirement_class,
 )
 from plasm_grpc.core.errors import InvalidIdError, VerificationError
+from plasm_grpc.core.jobs.admission import release_one
 from plasm_grpc.core.jobs.events import DeclineReason, EventKind
 from plasm_grpc.core.jobs.placement import Candidate, Placement, PlacementMode, rank
 from plasm_grpc.core.jobs.session import (
@@ -92,6 +94,7 @@ from plasm_grpc.net import (
 )
 from plasm_grpc.net.relay import RelayService
 from plasm_grpc.remote import messages
+from plasm_grpc.remote.futures import discard_outcome
 from plasm_grpc.remote.messages import OFFER_METHOD, RUN_METHOD, STATUS_METHOD
 from plasm_grpc.sandbox.runner import CancelFlag
 
@@ -488,36 +491,23 @@ class JobRouter:
 
     def _candidate(self, record: PeerRecord) -> Candidate | None:
         caps = record.capabilities
+        candidate = functools.partial(
+            Candidate,
+            node_id=record.node_id,
+            free_slots=caps.free_job_slots,
+            total_slots=caps.total_job_slots,
+        )
         for address in record.content.addresses:
             with contextlib.suppress(ValueError):
                 host, port = split_host_port(address)
-                return Candidate(
-                    node_id=record.node_id,
-                    host=host,
-                    port=port,
-                    free_slots=caps.free_job_slots,
-                    total_slots=caps.total_job_slots,
-                )
+                return candidate(host=host, port=port)
         if record.content.relays and self.relay is not None:
             # Behind a NAT: its relays, not a contact from before it knew that.
-            return Candidate(
-                node_id=record.node_id,
-                host="",
-                port=0,
-                free_slots=caps.free_job_slots,
-                total_slots=caps.total_job_slots,
-                relays=record.content.relays,
-            )
+            return candidate(host="", port=0, relays=record.content.relays)
         assert self.dht is not None
         for peer in self.dht.known_peers():  # a node bound to a wildcard names no address
             if peer.contact.node_id == record.node_id:
-                return Candidate(
-                    node_id=record.node_id,
-                    host=peer.contact.host,
-                    port=peer.contact.port,
-                    free_slots=caps.free_job_slots,
-                    total_slots=caps.total_job_slots,
-                )
+                return candidate(host=peer.contact.host, port=peer.contact.port)
         return None
 
     def _relay_allowance(self, candidate: Candidate) -> float:
@@ -585,7 +575,7 @@ class JobRouter:
             entry.pipelined = asyncio.ensure_future(
                 connection.request(RUN_METHOD, self._run_pb(entry, send_module=False), left)
             )
-            entry.pipelined.add_done_callback(_retrieve)
+            entry.pipelined.add_done_callback(discard_outcome)
         sent = entry.pipelined is not None
         try:
             reply = await offered
@@ -958,11 +948,7 @@ class JobRouter:
     def _uncount(self, entry: _Job) -> None:
         if not entry.counted:
             return
-        left = self._in_flight.get(entry.counted, 1) - 1
-        if left > 0:
-            self._in_flight[entry.counted] = left
-        else:
-            self._in_flight.pop(entry.counted, None)
+        release_one(self._in_flight, entry.counted)
         entry.counted = ""
 
 
@@ -974,9 +960,3 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, TimeoutError):
         return "timed out"
     return _clip(str(err) or type(err).__name__)
-
-
-def _retrieve(future: asyncio.Future[bytes]) -> None:
-    """Collect a pipelined JobRun's outcome when nobody awaits it (declined, cancelled)."""
-    if not future.cancelled():
-        future.exception()

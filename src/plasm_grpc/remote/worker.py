@@ -16,7 +16,6 @@ the result any more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections import OrderedDict
@@ -36,6 +35,7 @@ from plasm_grpc.core.jobs.admission import (
     WorkerLoad,
     WorkerPolicy,
     decide,
+    release_one,
 )
 from plasm_grpc.core.jobs.events import DeclineReason
 from plasm_grpc.core.keys import NodeKey
@@ -44,6 +44,7 @@ from plasm_grpc.jobs.hashing import job_input_sha256, module_sha256
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net import OverlayEndpoint, RequestRefusedError
 from plasm_grpc.remote import messages
+from plasm_grpc.remote.futures import discard_outcome
 from plasm_grpc.remote.messages import JobWireError
 from plasm_grpc.sandbox.runner import CancelFlag
 
@@ -94,11 +95,7 @@ class JobWorker:
         overlay.handle(messages.CANCEL_METHOD, self._cancel)
 
     def _release_share(self, peer: str) -> None:
-        left = self._held.get(peer, 1) - 1
-        if left > 0:
-            self._held[peer] = left
-        else:
-            self._held.pop(peer, None)
+        release_one(self._held, peer)
 
     def has_job(self, job_id: str) -> bool:
         """A peer's job holds `job_id` here (leased, checked, queued or running)."""
@@ -302,7 +299,7 @@ class JobWorker:
         while len(self._finished) > _FINISHED_REMEMBERED:
             self._finished.popitem(last=False)
         if not submitted.done():  # abandoned: collect the outcome when it comes
-            submitted.add_done_callback(_retrieve)
+            submitted.add_done_callback(discard_outcome)
 
     # -- Status and Cancel ---------------------------------------------------------------
 
@@ -378,8 +375,3 @@ class JobWorker:
             self._arm_expiry()
 
         self._expiry = loop.call_later(delay, fire)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    with contextlib.suppress(BaseException):
-        future.result()

@@ -246,8 +246,14 @@ class LeaseBook:
 
     def _remove(self, lease: Lease) -> None:
         del self._by_job[lease.job_id]
-        left = self.held(lease.requester_node_id) - 1
-        if left > 0:
-            self._held[lease.requester_node_id] = left
-        else:
-            self._held.pop(lease.requester_node_id, None)
+        release_one(self._held, lease.requester_node_id)
+
+
+def release_one(counts: dict[str, int], key: str) -> None:
+    """One fewer for `key`; the key goes at zero, so `counts` holds only live counts
+    (the lease book's share per requester, the worker's, the router's jobs per peer)."""
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
