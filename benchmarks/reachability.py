@@ -43,8 +43,6 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # netns.py and the test daemons
 
 HELLO: Final = ROOT / "examples" / "build" / "hello.wasm"
-SEED_PORT: Final = 9700
-RELAY_PORT: Final = 9710
 WAIT_S: Final = 60.0
 
 
@@ -96,6 +94,7 @@ def measure(
 ) -> TopologyResult:
     from conftest import DaemonFactory
     from netns import nat_topology
+    from test_nat_relay import REQUESTER_CONFIG, start_public_nodes, wait_for_relays
     from test_nat_topology import ns_daemon
 
     result = TopologyResult(name=name)
@@ -104,25 +103,9 @@ def measure(
         factory = DaemonFactory(Path(tmp))
         try:
             nat_a, nat_b = topo.nats
-            seed = ns_daemon(
-                factory,
-                topo.public,
-                f"{topo.public_ip}:{SEED_PORT}",
-                "[remote]\naccept_jobs = false\n[relay]\nserve = false\n",
-            )
-            joined = (
-                f'[overlay]\nbootstrap = ["{seed.node_id}@{topo.public_ip}:{SEED_PORT}"]\n'
-                "reconnect_interval_s = 0.5\n"
-            )
-            ns_daemon(
-                factory,
-                topo.public,
-                f"{topo.public_ip}:{RELAY_PORT}",
-                joined + "[remote]\naccept_jobs = false\n",
-            )
+            _, _, joined = start_public_nodes(factory, topo)
             b = ns_daemon(factory, nat_b.private, f"{nat_b.private_ip}:9702", joined)
-            if b.wait_for_event("relays_advertised", WAIT_S, lambda e: bool(e["relays"])) is None:
-                raise SystemExit(f"{name}: the worker behind NAT B never held a reservation")
+            wait_for_relays(b)  # the worker behind NAT B holds a reservation at the relay
             hello = HELLO.read_bytes()
             runs = [(i, True) for i in range(trials)]
             if relayed_baseline:
@@ -133,9 +116,9 @@ def measure(
                     nat_a.private,
                     f"{nat_a.private_ip}:{9720 + index}",
                     joined
+                    + REQUESTER_CONFIG
                     # Earlier requesters linger in the seed's table until it
                     # finds them gone: lookups may wait on them at first.
-                    + "[remote]\nfallback_local = false\naccept_jobs = false\n"
                     + "search_timeout_s = 20.0\n"
                     + f"[relay]\nhole_punch = {'true' if punch else 'false'}\n",
                 )

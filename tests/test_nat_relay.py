@@ -27,6 +27,7 @@ import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -74,6 +75,50 @@ print(f"frames {frames} matches {matches}", flush=True)
 """
 
 
+# A requester: it takes no jobs and never runs one itself, so a job it is
+# given runs on a peer or fails.
+REQUESTER_CONFIG = "[remote]\nfallback_local = false\naccept_jobs = false\n"
+
+
+def start_public_nodes(
+    factory: DaemonFactory, topo: Topology, relay_config: str = ""
+) -> tuple[Daemon, Daemon, str]:
+    """(bootstrap node, relay node, the config of a node joining through them).
+
+    The public nodes take no jobs, so a job can only run on a private node;
+    the bootstrap node does not relay, so the relay node does (logging its
+    circuits at debug level).
+    """
+    seed = ns_daemon(
+        factory,
+        topo.public,
+        f"{topo.public_ip}:{SEED_PORT}",
+        "[remote]\naccept_jobs = false\n[relay]\nserve = false\n",
+    )
+    joined = (
+        f'[overlay]\nbootstrap = ["{seed.node_id}@{topo.public_ip}:{SEED_PORT}"]\n'
+        "reconnect_interval_s = 0.5\n"
+    )
+    relay = ns_daemon(
+        factory,
+        topo.public,
+        f"{topo.public_ip}:{RELAY_PORT}",
+        joined
+        + '[log]\nlevel = "debug"\n[remote]\naccept_jobs = false\n'
+        + f"[relay]\n{relay_config}",
+    )
+    return seed, relay, joined
+
+
+def wait_for_relays(worker: Daemon) -> dict[str, Any]:
+    """`worker` finds itself private and advertises a reservation: the event."""
+    advertised = worker.wait_for_event(
+        "relays_advertised", timeout=WAIT_S, predicate=lambda e: bool(e["relays"])
+    )
+    assert advertised is not None, worker.lines()
+    return advertised
+
+
 @dataclass
 class Network:
     topo: Topology
@@ -92,31 +137,9 @@ def relay_network(
         factory = DaemonFactory(tmp_path)
         try:
             nat_a, nat_b = topo.nats
-            # The public nodes take no jobs, so the job can only run on B; the
-            # bootstrap node does not relay, so the relay node does.
-            seed = ns_daemon(
-                factory,
-                topo.public,
-                f"{topo.public_ip}:{SEED_PORT}",
-                "[remote]\naccept_jobs = false\n[relay]\nserve = false\n",
-            )
-            joined = (
-                f'[overlay]\nbootstrap = ["{seed.node_id}@{topo.public_ip}:{SEED_PORT}"]\n'
-                "reconnect_interval_s = 0.5\n"
-            )
-            relay = ns_daemon(
-                factory,
-                topo.public,
-                f"{topo.public_ip}:{RELAY_PORT}",
-                joined
-                + '[log]\nlevel = "debug"\n[remote]\naccept_jobs = false\n'
-                + f"[relay]\n{relay_config}",
-            )
+            seed, relay, joined = start_public_nodes(factory, topo, relay_config)
             a = ns_daemon(
-                factory,
-                nat_a.private,
-                f"{nat_a.private_ip}:9701",
-                joined + "[remote]\nfallback_local = false\naccept_jobs = false\n",
+                factory, nat_a.private, f"{nat_a.private_ip}:9701", joined + REQUESTER_CONFIG
             )
             # B starts once A is a DHT client: B never learns A's address, so
             # the two cannot meet by dialling each other at once (which opens
@@ -129,7 +152,7 @@ def relay_network(
             )
             b = ns_daemon(factory, nat_b.private, f"{nat_b.private_ip}:9702", joined)
             network = Network(topo=topo, seed=seed, relay=relay, a=a, b=b)
-            wait_for_relays(network)
+            check_relays(network)
             yield network
         finally:
             for n, daemon in enumerate(factory.daemons):  # for a failure's post-mortem
@@ -138,12 +161,9 @@ def relay_network(
     assert namespaces() == before, "the topology left namespaces behind"
 
 
-def wait_for_relays(network: Network) -> None:
-    """B finds itself private and advertises a reservation at the relay."""
-    advertised = network.b.wait_for_event(
-        "relays_advertised", timeout=WAIT_S, predicate=lambda e: bool(e["relays"])
-    )
-    assert advertised is not None, network.b.lines()
+def check_relays(network: Network) -> None:
+    """B advertises a reservation at the relay, and GetNodeInfo says so."""
+    advertised = wait_for_relays(network.b)
     assert advertised["relays"] == [
         f"{network.relay.node_id[:16]}@{network.topo.public_ip}:{RELAY_PORT}"
     ]
