@@ -149,13 +149,7 @@ class Node:
         return plan
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self.bootstrap_tasks.append(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.log.warning("reload_task_failed", error=repr(task.exception()))
+        _spawn(self.bootstrap_tasks, work, self.log, "reload_task_failed")
 
     async def stop(self) -> None:
         """Drain: refuse new jobs, finish admitted ones, then close everything."""
@@ -483,16 +477,7 @@ class _Reach:
         return [(p.contact.node_id, p.contact.host, p.contact.port) for p in peers]
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(work)
-        self.tasks.append(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if task in self.tasks:
-            self.tasks.remove(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.warning("reachability_task_failed", error=repr(task.exception()))
+        return _spawn(self.tasks, work, self.log, "reachability_task_failed")
 
     async def close(self) -> None:
         self.closing = True
@@ -500,6 +485,27 @@ class _Reach:
             self.keeping.cancel()
             await asyncio.gather(self.keeping, return_exceptions=True)
         await self.relay.close()
+
+
+def _spawn(
+    tasks: list[asyncio.Task[None]],
+    work: Coroutine[Any, Any, None],
+    log: EventLog,
+    failed_event: str,
+) -> asyncio.Task[None]:
+    """Run `work` as a task held in `tasks` (which the node cancels when it
+    stops) until it ends; log `failed_event` if it fails."""
+    task = asyncio.create_task(work)
+    tasks.append(task)
+
+    def done(task: asyncio.Task[None]) -> None:
+        if task in tasks:
+            tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(failed_event, error=repr(task.exception()))
+
+    task.add_done_callback(done)
+    return task
 
 
 def _relay_settings(config: Config) -> RelaySettings:
