@@ -33,6 +33,7 @@ from plasm_grpc.api.service import (
     PeerView,
     PlasmServicer,
 )
+from plasm_grpc.console import ConsoleServer
 from plasm_grpc.core.address import host_port
 from plasm_grpc.core.dht.node import DhtSettings, OperationKind
 from plasm_grpc.core.dht.records import (
@@ -50,6 +51,7 @@ from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.core.reachability import Reachability
 from plasm_grpc.core.relay import RelayLimits
 from plasm_grpc.daemon.config import Config, ConfigError, parse_bootstrap, parse_host_port
+from plasm_grpc.daemon.console import start_console
 from plasm_grpc.daemon.identity import load_cache_mac_key, load_node_key, prepare_data_dir
 from plasm_grpc.daemon.metrics_http import MetricsServer
 from plasm_grpc.daemon.notify import Notifier
@@ -105,6 +107,7 @@ class Node:
     servicer: PlasmServicer | None = None
     metrics: MetricsServer | None = None
     reach: _Reach | None = None
+    console: ConsoleServer | None = None
 
     def reload(self, loaded: Config) -> ReloadPlan:
         """Take what can change while running from `loaded` (see daemon/reload.py).
@@ -185,6 +188,8 @@ class Node:
             self.worker.close()
         if self.metrics is not None:
             await self.metrics.close()
+        if self.console is not None:
+            await self.console.close()
         if self.reach is not None:
             await self.reach.close()
         if self.dht is not None:
@@ -274,6 +279,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
     worker: JobWorker | None = None
     router: JobRouter | None = None
     metrics_server: MetricsServer | None = None
+    console_server: ConsoleServer | None = None
     background: list[asyncio.Task[None]] = []
     try:
         try:
@@ -349,6 +355,8 @@ async def start_node(config: Config, log: EventLog) -> Node:
                 _node_metrics(executor, overlay, dht, f"wasmtime {engine.runtime.version}", reach),
                 log,
             )
+        if config.console.listen:
+            console_server = await start_console(config, servicer, health_servicer, log)
         socket_inode = None
         if config.grpc.unix_socket:
             os.chmod(config.grpc.unix_socket, 0o660)
@@ -364,6 +372,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
             job_slots=executor.slots,
             runtime=f"wasmtime {engine.runtime.version}",
             metrics=f"http://{metrics_server.address}/metrics" if metrics_server else "",
+            console=f"http://{console_server.address}/" if console_server else "",
         )
         if dht is not None and overlay is not None:
             background.append(
@@ -387,6 +396,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
             log,
             background=background,
             metrics_server=metrics_server,
+            console_server=console_server,
             dht=dht,
             overlay=overlay,
             server=server,
@@ -413,6 +423,7 @@ async def start_node(config: Config, log: EventLog) -> Node:
         servicer,
         metrics_server,
         reach,
+        console_server,
     )
 
 
@@ -536,6 +547,7 @@ async def _undo_start(
     *,
     background: list[asyncio.Task[None]],
     metrics_server: MetricsServer | None,
+    console_server: ConsoleServer | None,
     dht: DhtService | None,
     overlay: OverlayEndpoint | None,
     server: grpc.aio.Server,
@@ -554,6 +566,8 @@ async def _undo_start(
     steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
     if metrics_server is not None:
         steps.append(("metrics", metrics_server.close))
+    if console_server is not None:
+        steps.append(("console", console_server.close))
     if dht is not None:
         steps.append(("dht", dht.close))
     if overlay is not None:
