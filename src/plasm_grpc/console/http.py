@@ -13,26 +13,20 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote
 
-MAX_HEAD_BYTES: Final = 8192
-REASONS: Final = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    409: "Conflict",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    421: "Misdirected Request",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
+from plasm_grpc.net.local_http import MAX_HEAD_BYTES, TEXT_TYPE, Response, http_response
+
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "HttpError",
+    "Request",
+    "Response",
+    "event_stream_head",
+    "json_response",
+    "parse_head",
+    "response",
+    "sse_event",
+]
+
 # Everything the page needs comes from the node itself: no inline script or
 # style, no other origin, no framing.
 CONTENT_SECURITY_POLICY: Final = (
@@ -48,14 +42,6 @@ SECURITY_HEADERS: Final = (
     ("Cross-Origin-Resource-Policy", "same-origin"),
 )
 JSON_TYPE: Final = "application/json"
-TEXT_TYPE: Final = "text/plain; charset=utf-8"
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    data: bytes
-    keep_alive: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,16 +104,14 @@ def response(
     head_only: bool = False,
     extra: tuple[tuple[str, str], ...] = (),
 ) -> Response:
-    headers = [
-        f"HTTP/1.1 {status} {REASONS[status]}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        f"Cache-Control: {cache}",
-        f"Connection: {'keep-alive' if keep_alive else 'close'}",
-        *(f"{name}: {value}" for name, value in (*SECURITY_HEADERS, *extra)),
-    ]
-    data = ("\r\n".join(headers) + "\r\n\r\n").encode("ascii")
-    return Response(status, data if head_only else data + body, keep_alive)
+    return http_response(
+        status,
+        body,
+        keep_alive=keep_alive,
+        content_type=content_type,
+        head_only=head_only,
+        headers=(("Cache-Control", cache), *SECURITY_HEADERS, *extra),
+    )
 
 
 def json_response(

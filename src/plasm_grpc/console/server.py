@@ -22,7 +22,6 @@ from typing import Final
 
 from plasm_grpc.console.app import ConsoleApp, EventStream
 from plasm_grpc.console.http import (
-    MAX_HEAD_BYTES,
     SSE_KEEPALIVE,
     Request,
     Response,
@@ -31,13 +30,14 @@ from plasm_grpc.console.http import (
     response,
 )
 from plasm_grpc.logs import EventLog
+from plasm_grpc.net.local_http import LocalHttpServer
 
 # An idle live stream sends a comment this often, so a gone client is noticed
 # (its write fails) and proxies keep the stream open.
 KEEPALIVE_S: Final = 15.0
 
 
-class ConsoleServer:
+class ConsoleServer(LocalHttpServer):
     """Serves `app` until `close()`."""
 
     def __init__(
@@ -50,64 +50,20 @@ class ConsoleServer:
         max_body_bytes: int = 4 * 1024 * 1024,
         keepalive_s: float = KEEPALIVE_S,
     ) -> None:
+        super().__init__(
+            name="console",
+            log=log,
+            request_timeout_s=request_timeout_s,
+            max_connections=max_connections,
+            busy=response(503, b"too many console connections\n", keep_alive=False),
+        )
         self.app = app
-        self._log = log
-        self.request_timeout_s = request_timeout_s
-        self._max_connections = max_connections
         self._max_body_bytes = max_body_bytes
         self._keepalive_s = keepalive_s
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self.host = ""
-        self.port = 0
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def connections(self) -> int:
-        return len(self._handlers)
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(
-            self._serve, host, port, limit=MAX_HEAD_BYTES, reuse_address=True
-        )
-        sockname = self._server.sockets[0].getsockname()
-        self.host, self.port = str(sockname[0]), int(sockname[1])
+        await super().start(host, port)
         self._log.event("console_listening", url=f"http://{self.address}/")
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None or len(self._handlers) >= self._max_connections:
-            self._log.event("console_connection_refused", level="debug", reason="too many")
-            busy = response(503, b"too many console connections\n", keep_alive=False)
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                writer.write(busy.data)
-                async with asyncio.timeout(1.0):
-                    await writer.drain()
-            writer.transport.abort()
-            return
-        self._handlers.add(task)
-        try:
-            await self._exchange(reader, writer)
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass  # the client went away or was too slow: nothing to tell it
-        except Exception as err:  # noqa: BLE001 - one bad request must not end the server
-            self._log.error("console_request_failed", error=repr(err))
-        finally:
-            self._handlers.discard(task)
-            writer.close()
 
     async def _read_request(self, reader: asyncio.StreamReader) -> Request | Response | None:
         """The next request, the error answer to close with, or None at a clean end."""
@@ -136,11 +92,6 @@ class ConsoleServer:
             content_length=parsed.content_length,
             body=body,
         )
-
-    async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(data)
-        async with asyncio.timeout(self.request_timeout_s):
-            await writer.drain()
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
