@@ -533,6 +533,6 @@ def _quic_configuration(settings: OverlaySettings, *, is_client: bool) -> QuicCo
         max_data=8 * 1024 * 1024,
         max_stream_data=4 * 1024 * 1024,
         max_datagram_size=settings.max_datagram_size,
-        # DATAGRAM frames carry relayed connections' packets (net/relay.py).
+        # DATAGRAM frames carry relayed connections' packets (net/circuits.py).
         max_datagram_frame_size=settings.max_datagram_size,
     )
