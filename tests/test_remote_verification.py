@@ -1,8 +1,9 @@
 """`remote.verification`: a worker's decline, result and receipt checked against
 the job as sent, with no connection and no session.
 
-The result is a real one: hello run by a real `JobExecutor` for a requester,
-signed by the worker's key, then altered one field at a time.
+The result is a real one: hello run by a real `JobExecutor` (the one
+test_executor_remote_api builds) for a requester, signed by the worker's key,
+then altered one field at a time.
 """
 
 from __future__ import annotations
@@ -10,24 +11,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import io
 from collections.abc import Callable
 from pathlib import Path
 
 from conftest import WasmModules
 from plasm.v1 import job_pb2, receipt_pb2
+from test_executor_remote_api import KEY as WORKER
+from test_executor_remote_api import make_executor
 
 from plasm_grpc import wire
-from plasm_grpc.api import codec
 from plasm_grpc.core import envelope as envelopes
 from plasm_grpc.core.input_hash import input_sha256
 from plasm_grpc.core.jobs.events import DeclineReason
 from plasm_grpc.core.jobs.placement import Placement
 from plasm_grpc.core.keys import NodeKey
-from plasm_grpc.core.limits import DEFAULT_LIMITS, MAXIMUM_LIMITS, ResourceLimits
+from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.core.outcome import Outcome
-from plasm_grpc.jobs.executor import InputLimits, JobExecutor, JobRequest
-from plasm_grpc.logs import EventLog
+from plasm_grpc.jobs.executor import JobRequest
 from plasm_grpc.remote.messages import result_to_pb
 from plasm_grpc.remote.outbound import OutboundJob
 from plasm_grpc.remote.verification import (
@@ -38,12 +38,7 @@ from plasm_grpc.remote.verification import (
     read_decline,
     read_result,
 )
-from plasm_grpc.sandbox.cache import CacheSettings, ModuleCache
-from plasm_grpc.sandbox.engine import SandboxEngine
-from plasm_grpc.sandbox.runner import Sandbox
-from plasm_grpc.store.receipts import ReceiptStore
 
-WORKER = NodeKey.from_seed(hashlib.sha256(b"verification test worker").digest())
 STRANGER = NodeKey.from_seed(hashlib.sha256(b"verification test stranger").digest())
 REQUESTER = hashlib.sha256(b"verification test requester").hexdigest()
 JOB_ID = "ab" * 16
@@ -71,30 +66,9 @@ def _run_hello(tmp_path: Path, wasm: WasmModules) -> tuple[OutboundJob, job_pb2.
     )
 
     async def run() -> job_pb2.JobResult:
-        engine = SandboxEngine()
-        store = ReceiptStore(tmp_path / "receipts.sqlite3")
-        cache = ModuleCache(engine, CacheSettings(directory=tmp_path), b"k" * 32)
-        executor = JobExecutor(
-            key=WORKER,
-            sandbox=Sandbox(engine, cache),
-            store=store,
-            encode_receipt=codec.encode_receipt,
-            encode_envelope=lambda env: codec.envelope_to_pb(env).SerializeToString(),
-            slots=1,
-            queue_limit=1,
-            default_limits=DEFAULT_LIMITS,
-            max_limits=MAXIMUM_LIMITS,
-            input_limits=InputLimits(),
-            log=EventLog(io.StringIO()),
-        )
-        try:
+        async with make_executor(tmp_path) as executor:
             done = await executor.submit(request, job_id=JOB_ID, requester_node_id=REQUESTER)
             return result_to_pb(done)
-        finally:
-            await executor.drain(10.0)
-            executor.close()
-            store.close()
-            engine.close()
 
     return sent, asyncio.run(asyncio.wait_for(run(), 60.0))
 
