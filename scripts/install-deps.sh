@@ -27,6 +27,9 @@ apt_test=(protobuf-compiler libprotobuf-dev php-cli php-google-protobuf php-curl
 # The Debian package (scripts/build-deb.sh) and its test under real systemd
 # (tests/test_debian_package.py): build dependencies, lintian, systemd-nspawn.
 apt_test+=(build-essential fakeroot dpkg-dev debhelper dh-virtualenv help2man lintian systemd-container)
+# Debian's Chromium runs the web console's browser tests (tests/test_console_browser.py),
+# driven by playwright-core from package.json, which never downloads a browser.
+apt_test+=(chromium)
 # Node.js + npm run buf; any install works (Debian's, or one already on the machine).
 command -v npm >/dev/null 2>&1 || apt_test+=(nodejs npm)
 
@@ -55,10 +58,10 @@ fi
 pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt "$@"; }
 if [[ $mode == full ]]; then
   pip_install -e . -r requirements/dev.txt
-  echo "install-deps: npm packages (buf)"
+  echo "install-deps: npm packages (buf, playwright-core)"
   # package.json pins buf exactly; `npm ci` trips over buf's per-platform optional
   # packages missing from the lock file, so install from package.json + lock.
-  npm install --no-audit --no-fund --loglevel=error >/dev/null
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error >/dev/null
 else
   pip_install -e .
 fi

@@ -58,6 +58,11 @@ class NodeServer:
         )
         await self._server.start()
 
+    @property
+    def health(self) -> health.HealthServicer:
+        """The health service, for other listeners that report it (the console)."""
+        return self._health
+
     def set_serving(self, serving: bool) -> None:
         """What health checks answer, for PlasmService and for the server as a whole ("")."""
         status = (
