@@ -13,6 +13,8 @@ step "generated code and schemas match proto/ (scripts/generate.py --check)"
 python scripts/generate.py --check
 step "test vectors match the code (scripts/make-vectors.py --check)"
 python scripts/make-vectors.py --check
+step "architecture diagram matches its source (scripts/make-diagram.sh --check)"
+scripts/make-diagram.sh --check
 step "contract: buf lint, format, breaking"
 scripts/check-proto.sh
 step "ruff"
