@@ -15,6 +15,8 @@ step "test vectors match the code (scripts/make-vectors.py --check)"
 python scripts/make-vectors.py --check
 step "the web console's verifier bundle matches clients/typescript (scripts/build-console.sh --check)"
 scripts/build-console.sh --check
+step "architecture diagram matches its source (scripts/make-diagram.sh --check)"
+scripts/make-diagram.sh --check
 step "contract: buf lint, format, breaking"
 scripts/check-proto.sh
 step "ruff"
