@@ -24,6 +24,8 @@ apt_runtime=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt python3-ve
 # phpunit runs the PHP client's tests against a live daemon (clients/php).
 # libprotobuf-dev: the well-known protos (timestamp.proto) for Debian's protoc.
 apt_test=(protobuf-compiler libprotobuf-dev php-cli php-google-protobuf php-curl phpunit jq git nftables)
+# graphviz renders docs/architecture-diagram.png (scripts/make-diagram.sh --check).
+apt_test+=(graphviz)
 # The Debian package (scripts/build-deb.sh) and its test under real systemd
 # (tests/test_debian_package.py): build dependencies, lintian, systemd-nspawn.
 apt_test+=(build-essential fakeroot dpkg-dev debhelper dh-virtualenv help2man lintian systemd-container)

@@ -18,6 +18,8 @@ scripts/build-console.sh --check
 step "TypeScript client: src/gen matches proto/ (generate --check), tsc --noEmit"
 npm --prefix clients/typescript run --silent generate:check
 npm --prefix clients/typescript run --silent typecheck
+step "architecture diagram matches its source (scripts/make-diagram.sh --check)"
+scripts/make-diagram.sh --check
 step "contract: buf lint, format, breaking"
 scripts/check-proto.sh
 step "ruff"

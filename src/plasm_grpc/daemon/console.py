@@ -8,10 +8,11 @@ from pathlib import Path
 from plasm_grpc.api.service import PlasmServicer
 from plasm_grpc.console import ConsoleApp, ConsoleServer, ConsoleSettings, HealthCheck
 from plasm_grpc.daemon.config import Config, is_loopback, parse_host_port
+from plasm_grpc.daemon.errors import StartupError
 from plasm_grpc.logs import EventLog
 
 
-class ConsoleStartError(OSError):
+class ConsoleStartError(StartupError):
     """The console cannot listen, or its token cannot be read (plasmd does not start)."""
 
 
