@@ -64,6 +64,10 @@ if [[ $mode == full ]]; then
   # package.json pins buf exactly; `npm ci` trips over buf's per-platform optional
   # packages missing from the lock file, so install from package.json + lock.
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error >/dev/null
+  echo "install-deps: npm packages of clients/typescript (npm ci from its package-lock.json)"
+  # Exactly the locked versions (protoc-gen-es, Connect-ES, @noble/*, tsc,
+  # esbuild); npm ci takes them from the local cache when they are there.
+  npm ci --prefix clients/typescript --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null
 else
   pip_install -e .
 fi

@@ -15,6 +15,9 @@ step "test vectors match the code (scripts/make-vectors.py --check)"
 python scripts/make-vectors.py --check
 step "the web console's verifier bundle matches clients/typescript (scripts/build-console.sh --check)"
 scripts/build-console.sh --check
+step "TypeScript client: src/gen matches proto/ (generate --check), tsc --noEmit"
+npm --prefix clients/typescript run --silent generate:check
+npm --prefix clients/typescript run --silent typecheck
 step "architecture diagram matches its source (scripts/make-diagram.sh --check)"
 scripts/make-diagram.sh --check
 step "contract: buf lint, format, breaking"

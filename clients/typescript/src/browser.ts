@@ -17,6 +17,7 @@ export {
   checkSignature,
   envelopeFromJson,
   envelopeToJson,
+  newEnvelope,
   parseEnvelope,
   receiptBodyToJson,
   signerNodeId,
