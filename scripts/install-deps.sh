@@ -24,9 +24,14 @@ apt_runtime=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt python3-ve
 # phpunit runs the PHP client's tests against a live daemon (clients/php).
 # libprotobuf-dev: the well-known protos (timestamp.proto) for Debian's protoc.
 apt_test=(protobuf-compiler libprotobuf-dev php-cli php-google-protobuf php-curl phpunit jq git nftables)
+# graphviz renders docs/architecture-diagram.png (scripts/make-diagram.sh --check).
+apt_test+=(graphviz)
 # The Debian package (scripts/build-deb.sh) and its test under real systemd
 # (tests/test_debian_package.py): build dependencies, lintian, systemd-nspawn.
 apt_test+=(build-essential fakeroot dpkg-dev debhelper dh-virtualenv help2man lintian systemd-container)
+# Debian's Chromium runs the web console's browser tests (tests/test_console_browser.py),
+# driven by playwright-core from package.json, which never downloads a browser.
+apt_test+=(chromium)
 # Node.js + npm run buf; any install works (Debian's, or one already on the machine).
 command -v npm >/dev/null 2>&1 || apt_test+=(nodejs npm)
 
@@ -55,10 +60,14 @@ fi
 pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt "$@"; }
 if [[ $mode == full ]]; then
   pip_install -e . -r requirements/dev.txt
-  echo "install-deps: npm packages (buf)"
+  echo "install-deps: npm packages (buf, playwright-core)"
   # package.json pins buf exactly; `npm ci` trips over buf's per-platform optional
   # packages missing from the lock file, so install from package.json + lock.
-  npm install --no-audit --no-fund --loglevel=error >/dev/null
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error >/dev/null
+  echo "install-deps: npm packages of clients/typescript (npm ci from its package-lock.json)"
+  # Exactly the locked versions (protoc-gen-es, Connect-ES, @noble/*, tsc,
+  # esbuild); npm ci takes them from the local cache when they are there.
+  npm ci --prefix clients/typescript --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null
 else
   pip_install -e .
 fi

@@ -13,6 +13,13 @@ step "generated code and schemas match proto/ (scripts/generate.py --check)"
 python scripts/generate.py --check
 step "test vectors match the code (scripts/make-vectors.py --check)"
 python scripts/make-vectors.py --check
+step "the web console's verifier bundle matches clients/typescript (scripts/build-console.sh --check)"
+scripts/build-console.sh --check
+step "TypeScript client: src/gen matches proto/ (generate --check), tsc --noEmit"
+npm --prefix clients/typescript run --silent generate:check
+npm --prefix clients/typescript run --silent typecheck
+step "architecture diagram matches its source (scripts/make-diagram.sh --check)"
+scripts/make-diagram.sh --check
 step "contract: buf lint, format, breaking"
 scripts/check-proto.sh
 step "ruff"

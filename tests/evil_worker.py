@@ -22,6 +22,7 @@ from plasm.v1 import job_pb2
 
 from plasm_grpc.daemon import main as daemon_main
 from plasm_grpc.daemon import node as daemon_node
+from plasm_grpc.daemon import runner as daemon_runner
 from plasm_grpc.daemon.config import Config
 from plasm_grpc.logs import EventLog
 from plasm_grpc.remote.messages import OFFER_METHOD, RUN_METHOD
@@ -66,8 +67,8 @@ async def _start_dishonest_node(config: Config, log: EventLog) -> daemon_node.No
 
 
 def main() -> int:
-    # daemon.node.run looks start_node up at call time.
-    daemon_node.start_node = _start_dishonest_node
+    # daemon.runner.run looks start_node up at call time.
+    daemon_runner.start_node = _start_dishonest_node
     return daemon_main.main()
 
 

@@ -18,7 +18,8 @@ from plasm_grpc.core.address import host_port
 from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.daemon.config import Config, GrpcConfig, JobsConfig, OverlayConfig
-from plasm_grpc.daemon.node import _advertised_addresses, start_node
+from plasm_grpc.daemon.node import start_node
+from plasm_grpc.daemon.peering import advertised_addresses
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net import DhtService, OverlayEndpoint
 
@@ -40,7 +41,7 @@ def test_the_peer_record_advertises_the_bound_overlay_address_unless_it_is_a_wil
     host: str, port: int, expected: list[str]
 ) -> None:
     overlay = cast(Any, SimpleNamespace(host=host, port=port))
-    assert _advertised_addresses(overlay) == expected
+    assert advertised_addresses(overlay) == expected
 
 
 @pytest.mark.parametrize(

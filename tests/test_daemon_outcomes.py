@@ -9,7 +9,9 @@ hello job succeeds and grpc.health.v1 reports SERVING.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,6 +78,42 @@ CASES: dict[str, Case] = {
     ),
     "big_initial_memory": Case(
         "big_initial_memory", Outcome.OUTCOME_MEMORY_LIMIT, limits={"max_memory_bytes": 16 * MIB}
+    ),
+    # Initial memory above anything a job may have: the pooling allocator
+    # would refuse the module at compile time; it is still a memory limit.
+    "initial_memory_4gib": Case(
+        "initial_memory_4gib",
+        Outcome.OUTCOME_MEMORY_LIMIT,
+        limits={"max_memory_bytes": 64 * MIB},
+        stdout=b"",
+        detail_contains="4294967296 bytes of initial linear memory",
+    ),
+    # One large memory.grow refused by the limit (returns -1), then a trap.
+    "grow_refused": Case(
+        "grow_refused",
+        Outcome.OUTCOME_MEMORY_LIMIT,
+        limits={"max_memory_bytes": 64 * MIB},
+        detail_contains=f"refused at the job's memory limit of {64 * MIB} bytes",
+    ),
+    # The same refusal, handled: the guest exits on purpose and keeps its code.
+    "grow_refused_exit": Case(
+        "grow_refused_exit",
+        Outcome.OUTCOME_NONZERO_EXIT,
+        limits={"max_memory_bytes": 64 * MIB},
+        exit_code=3,
+    ),
+    # Refused by the module's own maximum, not by the job's limit.
+    "grow_past_own_maximum": Case(
+        "grow_past_own_maximum",
+        Outcome.OUTCOME_TRAP,
+        limits={"max_memory_bytes": 64 * MIB},
+        trap_code="unreachable",
+    ),
+    # A declared maximum above the limit is no error while the guest stays below it.
+    "grow_within_large_maximum": Case(
+        "grow_within_large_maximum",
+        Outcome.OUTCOME_SUCCESS,
+        limits={"max_memory_bytes": 64 * MIB},
     ),
     "huge_output": Case(
         "huge_output",
@@ -147,6 +185,33 @@ def run_case(node: Daemon, wasm: WasmModules, case: Case, module: bytes | None =
 def test_outcome(node: Daemon, wasm: WasmModules, name: str) -> None:
     run_case(node, wasm, CASES[name])
     assert_still_healthy(node, wasm)
+
+
+def test_compile_limit(plasmd: DaemonFactory, wasm: WasmModules) -> None:
+    """Compiled code above sandbox.max_compiled_bytes: COMPILE_LIMIT, remembered."""
+    node = plasmd("[sandbox]\nmax_compiled_bytes = 32768\n")
+    case = Case(
+        "hello", Outcome.OUTCOME_COMPILE_LIMIT, stdout=b"", detail_contains="the limit is 32768"
+    )
+    for _ in range(2):
+        run_case(node, wasm, case)
+    assert node.node_info().cached_modules == 0
+    small = submit(node.stub, wasm.bytes("exit_3"))
+    assert small.outcome == Outcome.OUTCOME_NONZERO_EXIT, small.detail
+
+
+# Outcomes whose real-daemon tests live elsewhere: CANCELLED needs a shutdown
+# (test_daemon_lifecycle's drain timeout) or a Cancel (test_cli_watch).
+TESTED_ELSEWHERE = {"OUTCOME_CANCELLED"}
+
+
+def test_every_documented_outcome_has_a_real_daemon_test() -> None:
+    receipts_md = Path(__file__).parents[1] / "docs" / "receipts.md"
+    documented = set(re.findall(r"^\| `(OUTCOME_[A-Z_]+)` \|", receipts_md.read_text(), re.M))
+    assert len(documented) == len(Outcome.keys()) - 1  # all but OUTCOME_UNSPECIFIED
+    tested = {outcome_name(c.outcome) for c in CASES.values()}
+    tested |= {"OUTCOME_COMPILE_LIMIT"} | TESTED_ELSEWHERE  # test_compile_limit above
+    assert documented <= tested, documented - tested
 
 
 def test_outcome_after_cached_compile(node: Daemon, wasm: WasmModules) -> None:

@@ -492,3 +492,42 @@ def test_cancel_without_a_hook_knows_only_ended_jobs() -> None:
 
     bus.publish(ev(EventKind.SUBMITTED))  # JOB: running, but nothing can cancel it
     run(with_server(facts(bus), body))
+
+
+def test_a_follower_gets_every_jobs_new_events_and_is_ended_when_it_falls_behind() -> None:
+    async def main() -> None:
+        bus = JobEventBus()
+        bus.publish(ev(EventKind.SUBMITTED, JOB, 1))  # before following: not replayed
+        got: list[JobEvent] = []
+
+        async def follow() -> None:
+            async with contextlib.aclosing(bus.follow(backlog=8)) as stream:
+                async for event in stream:
+                    got.append(event)
+                    if len(got) == 3:
+                        return
+
+        task = asyncio.create_task(follow())
+        while bus.followers() == 0:
+            await asyncio.sleep(0)
+        for event in (life(JOB)[1], ev(EventKind.SUBMITTED, JOB2, 5), life(JOB)[-1]):
+            bus.publish(event)
+            await asyncio.sleep(0)
+        await task
+        assert [(e.job_id, e.kind) for e in got] == [
+            (JOB, EventKind.OFFERED),
+            (JOB2, EventKind.SUBMITTED),
+            (JOB, life(JOB)[-1].kind),
+        ]
+        assert bus.followers() == 0  # closing the iterator unsubscribed
+        assert bus.job_ids() == [JOB, JOB2]
+        slow = bus.follow(backlog=2)
+        first = asyncio.ensure_future(anext(slow))
+        await asyncio.sleep(0)
+        for n in range(4):  # published at once: more than its backlog
+            bus.publish(ev(EventKind.OFFERED, JOB2, 10 + n, attempt=n + 1, node_id=NODE_A))
+        with pytest.raises(SlowWatcherError):  # its queue is dropped: watch the list again
+            await first
+        assert bus.followers() == 0
+
+    run(main())

@@ -1,4 +1,5 @@
-"""The requester's job session (core.jobs.session), its events and candidate ranking.
+"""The requester's job session (core.jobs.session), its events, candidate ranking
+and the placement check of this node.
 
 Pure: no sockets, no asyncio. Time is virtual: every input gets `now` by hand,
 in binary fractions of a second so the wall-clock mapping is exact.
@@ -18,7 +19,13 @@ from hypothesis import strategies as st
 from plasm_grpc.core import envelope as envelopes
 from plasm_grpc.core.errors import InvalidIdError
 from plasm_grpc.core.jobs.events import DeclineReason, EventKind, JobEvent
-from plasm_grpc.core.jobs.placement import Candidate, Placement, PlacementMode, rank
+from plasm_grpc.core.jobs.placement import (
+    Candidate,
+    Placement,
+    PlacementMode,
+    rank,
+    unmet_requirement,
+)
 from plasm_grpc.core.jobs.session import (
     _ACCEPTS,
     AbortPending,
@@ -940,6 +947,31 @@ def test_placement_validation() -> None:
             Placement(mode=mode, peer_node_id=nid(1))
     with pytest.raises(ValueError, match="min_memory_bytes"):
         Placement(min_memory_bytes=-1)
+
+
+def test_unmet_requirement_names_the_first_requirement_a_node_does_not_meet() -> None:
+    def unmet(placement: Placement) -> str | None:
+        return unmet_requirement(
+            placement, arch="x86_64", wasi_version="preview1", max_memory_bytes=1 << 30
+        )
+
+    assert unmet(Placement()) is None
+    met = Placement(arch="x86_64", wasi_version="preview1", min_memory_bytes=1 << 30)
+    assert unmet(met) is None
+    assert unmet(Placement(arch="aarch64")) == (
+        "job requires arch 'aarch64'; this node is 'x86_64'"
+    )
+    assert unmet(Placement(wasi_version="preview2")) == (
+        "job requires WASI 'preview2'; this node runs 'preview1'"
+    )
+    assert unmet(Placement(min_memory_bytes=(1 << 30) + 1)) == (
+        f"job requires {(1 << 30) + 1} bytes of memory; this node offers at most {1 << 30}"
+    )
+    # Architecture first, then WASI version, then memory.
+    everything = Placement(arch="aarch64", wasi_version="preview2", min_memory_bytes=1 << 40)
+    assert "arch" in (unmet(everything) or "")
+    no_arch = Placement(wasi_version="preview2", min_memory_bytes=1 << 40)
+    assert "WASI" in (unmet(no_arch) or "")
 
 
 def _order(ranked: list[Candidate]) -> list[str]:

@@ -527,6 +527,37 @@ def test_a_request_times_out_and_the_peer_cancels_its_handler() -> None:
     run(main())
 
 
+def test_a_request_given_up_stops_its_chunked_response_at_the_peer() -> None:
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            big = os.urandom(20 * 1024 * 1024)
+
+            async def large(peer: str, payload: bytes) -> bytes:
+                return big
+
+            b.endpoint.handle("test.v1.Large/Get", large)
+            connection = await bounded(a.endpoint.connect("127.0.0.1", b.port, b.node_id))
+            served = b.endpoint.connection_to(a.node_id)
+            assert served is not None
+            call = asyncio.get_running_loop().create_task(
+                connection.request("test.v1.Large/Get", b"", timeout=120)
+            )
+            # The answer cannot be complete at the requester while chunks wait at b.
+            await eventually(lambda: served._frames.sending, "b sends the response in chunks")
+            (stream_id,) = served._rpc._inbound.response_streams.values()
+            sent = served._frames.sent(stream_id)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            with pytest.raises(ConnectionClosedError, match="cancelled"):
+                await bounded(sent)
+            assert not served._frames.sending
+            assert not served._rpc._inbound.response_streams
+            assert await connection.request(ECHO, b"still fine", timeout=WAIT_S) == b"still fine"
+
+    run(main())
+
+
 def test_the_per_ip_limit_refuses_with_a_reason() -> None:
     limited = dataclasses.replace(SETTINGS, max_connections_per_ip=1)
 

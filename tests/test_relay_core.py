@@ -311,7 +311,7 @@ def test_circuit_ids_are_unique() -> None:
 
 
 def test_circuit_ids_start_where_asked_and_wrap_within_31_bits() -> None:
-    # The frame header's top bit says which way a frame goes (net/endpoint.py).
+    # The frame header's top bit says which way a frame goes (net/circuits.py).
     relay = RelayBook(RelayLimits(circuit_idle_s=1e6), first_circuit_id=2**31 - 1)
     reserved(relay, A, 0.0)
     assert opened(relay, B, A, 0.0).circuit_id == 2**31 - 1

@@ -38,6 +38,7 @@ __all__ = [  # the conversions shared with net come from plasm_grpc.wire
     "DecodeError",
     "capabilities_to_pb",
     "decode_receipt_body",
+    "encode_envelope",
     "encode_receipt",
     "env_pairs",
     "envelope_from_bytes",
@@ -77,6 +78,10 @@ def envelope_from_bytes(data: bytes) -> SignedEnvelope:
     except ProtoDecodeError as err:
         raise DecodeError(f"not a SignedEnvelope: {err}") from err
     return envelope_from_pb(msg)
+
+
+def encode_envelope(envelope: SignedEnvelope) -> bytes:
+    return envelope_to_pb(envelope).SerializeToString()
 
 
 def _timestamp(ns: int) -> Timestamp:

@@ -186,6 +186,28 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConsoleConfig:
+    # host:port serving the web console (docs/console.md) over plain HTTP; ""
+    # (the default) serves nothing.
+    listen: str = ""
+    # Anything but a loopback address must be chosen on purpose.
+    allow_non_loopback: bool = False
+    # Seconds a client has to send a whole request, after connecting or after
+    # the previous answer; then the connection is closed.
+    request_timeout_s: float = 5.0
+    # Connections at once (each open page holds one for its live events).
+    max_connections: int = 32
+    # Largest request body (only the actions take one: a Submit's module travels in it).
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Events a page's live stream may fall behind before it is ended.
+    events_backlog: int = 256
+    # Submit and Cancel through the console: off unless set, and then only
+    # with the token in token_file, sent as "Authorization: Bearer TOKEN".
+    allow_actions: bool = False
+    token_file: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = "info"
 
@@ -203,6 +225,7 @@ class Config:
     remote: RemoteConfig = RemoteConfig()
     relay: RelayConfig = RelayConfig()
     metrics: MetricsConfig = MetricsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     log: LogConfig = LogConfig()
 
     def effective_slots(self) -> int:
@@ -313,6 +336,7 @@ def validate(config: Config) -> Config:
     _check_remote(config.remote)
     _check_relay(config.relay)
     _check_metrics(config.metrics)
+    _check_console(config.console)
     # Ranges: the wire types (uint32 timeout_ms), wasm32 (4 GiB memory), and
     # what the runtime can reserve, so a bad value is a message, not a crash.
     _check_range(config.limits.max.max_memory_bytes, "limits.max.max_memory_bytes", 65536, 4 * GIB)
@@ -370,6 +394,27 @@ def _check_metrics(metrics: MetricsConfig) -> None:
             f"metrics.listen must be a loopback address (127.0.0.1, ::1 or localhost), got "
             f"{metrics.listen!r}: /metrics has no authentication. To serve it beyond this "
             "machine anyway, also set metrics.allow_non_loopback = true"
+        )
+
+
+def _check_console(console: ConsoleConfig) -> None:
+    _check_range(console.request_timeout_s, "console.request_timeout_s", 0.1, 300)
+    _check_range(console.max_connections, "console.max_connections", 1, 10_000)
+    _check_range(console.max_body_bytes, "console.max_body_bytes", 1024, 256 * MIB)
+    _check_range(console.events_backlog, "console.events_backlog", 1, 100_000)
+    if console.allow_actions and not console.token_file:
+        raise ConfigError(
+            "console.allow_actions needs console.token_file: the actions are only taken "
+            "with the token in that file"
+        )
+    if not console.listen:
+        return
+    host, _ = parse_host_port(console.listen, "console.listen")
+    if not console.allow_non_loopback and not is_loopback(host):
+        raise ConfigError(
+            f"console.listen must be a loopback address (127.0.0.1, ::1 or localhost), got "
+            f"{console.listen!r}: the console is plain HTTP. To serve it beyond this machine "
+            "anyway, also set console.allow_non_loopback = true"
         )
 
 

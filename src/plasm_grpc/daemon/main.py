@@ -13,6 +13,7 @@ from typing import Any
 
 from plasm_grpc import __version__
 from plasm_grpc.daemon.config import Config, ConfigError, load_config, to_toml, validate
+from plasm_grpc.daemon.errors import NodeFailedError, StartupError
 from plasm_grpc.daemon.identity import IdentityError
 from plasm_grpc.logs import EventLog, capture_stray_output, format_exception, is_journal_stream
 
@@ -133,17 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     config_name = str(config_path or "(defaults)")
     log.event("starting", version=__version__, config=config_name, pid=os.getpid())
     try:
-        from plasm_grpc.daemon import node
+        from plasm_grpc.daemon import runner
     except Exception as err:  # noqa: BLE001 - a broken installation, reported as JSON
         return _fail(log, repr(err), 1, traceback=format_exception(err))
     try:
-        asyncio.run(node.run(config, log, reload=load, config_name=config_name))
-    except (node.StartupError, IdentityError, OSError) as err:
+        asyncio.run(runner.run(config, log, reload=load, config_name=config_name))
+    except (StartupError, IdentityError, OSError) as err:
         return _fail(log, str(err), 1)
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # noqa: BLE001 - a bug: one JSON event, not a traceback
-        if isinstance(err, node.NodeFailedError):  # after "ready"
+        if isinstance(err, NodeFailedError):  # after "ready"
             cause = err.__cause__ or err
             return _fail(log, str(err), 1, event="failed", traceback=format_exception(cause))
         return _fail(log, repr(err), 1, traceback=format_exception(err))

@@ -3,8 +3,8 @@
 `plan_reload(running, loaded)` compares the running configuration with the
 one just read and splits the keys that differ: those in `RELOADABLE` are
 applied (the node swaps the settings its parts read per job or per request),
-the rest keep their running values until the next restart. No I/O here; the
-daemon (node.py) carries the plan out.
+the rest keep their running values until the next restart. No I/O here;
+reload_apply.py carries the plan out.
 """
 
 from __future__ import annotations

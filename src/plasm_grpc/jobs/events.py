@@ -20,7 +20,8 @@ Memory is bounded three ways:
   Submit admission bounds real concurrency far below it), a new job's first
   event evicts the oldest unfinished job, whose watchers end with
   `JobEvictedError`. A late event for an evicted job starts a fresh history.
-- per watcher, `subscriber_queue` undelivered events (see above).
+- per watcher, `subscriber_queue` undelivered events (see above); per
+  follower of every job (`follow`), its own `backlog`.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ class JobEventBus:
         self._finished: OrderedDict[str, None] = OrderedDict()
         # Watchers waiting for a job id that has no event yet.
         self._waiting: dict[str, set[asyncio.Future[None]]] = {}
+        # Followers of every job's events (the web console's live feed).
+        self._followers: set[_Subscriber] = set()
 
     # -- publishing --------------------------------------------------------------
 
@@ -171,10 +174,11 @@ class JobEventBus:
         self.stats.events_published += 1
         if job.append(event):
             self.stats.events_dropped += 1
-        for sub in list(job.subscribers):
-            if not sub.push(event):
-                job.subscribers.discard(sub)
-                self.stats.slow_watchers += 1
+        for subs in (job.subscribers, self._followers):
+            for sub in list(subs):
+                if not sub.push(event):
+                    subs.discard(sub)
+                    self.stats.slow_watchers += 1
         if event.kind.terminal:
             job.ended = True
             job.subscribers.clear()  # each has the terminal event queued
@@ -209,6 +213,10 @@ class JobEventBus:
         self.stats.unfinished_evicted += 1
 
     # -- reading ----------------------------------------------------------------
+
+    def job_ids(self) -> list[str]:
+        """Every tracked job, oldest first event first."""
+        return list(self._jobs)
 
     def known(self, job_id: str) -> bool:
         return job_id in self._jobs
@@ -286,3 +294,21 @@ class JobEventBus:
         if job is None:
             raise JobNotFoundError(job_id)
         return job
+
+    async def follow(self, *, backlog: int) -> AsyncGenerator[JobEvent, None]:
+        """Every job's events published from now on, live, until closed.
+
+        Raises SlowWatcherError when the follower falls `backlog` events
+        behind. Close the iterator (`contextlib.aclosing`) to unsubscribe.
+        """
+        sub = _Subscriber(backlog)
+        self._followers.add(sub)
+        try:
+            while True:
+                yield await sub.get()
+        finally:
+            self._followers.discard(sub)
+
+    def followers(self) -> int:
+        """Live followers of every job; for tests."""
+        return len(self._followers)

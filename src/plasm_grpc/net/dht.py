@@ -76,7 +76,6 @@ from plasm_grpc.core.dht.records import (
 from plasm_grpc.core.dht.routing import Contact
 from plasm_grpc.core.keys import NodeKey
 from plasm_grpc.logs import EventLog
-from plasm_grpc.net.connection import Handler
 from plasm_grpc.net.dht_codec import (
     DhtCodecError,
     ProtobufRecordCodec,
@@ -90,6 +89,7 @@ from plasm_grpc.net.dht_codec import (
 )
 from plasm_grpc.net.endpoint import OverlayEndpoint
 from plasm_grpc.net.errors import OverlayError, RemoteCallError, RequestRefusedError
+from plasm_grpc.net.rpc import Handler
 
 __all__ = [
     "SNAPSHOT_FILE",

@@ -36,42 +36,28 @@ from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from plasm_grpc.core.ids import check_hex64
 from plasm_grpc.core.keys import NodeKey
-from plasm_grpc.core.noise import (
-    NoiseLocalIdentity,
-    handshake_prologue,
-    noise_static_public_key,
-    sign_noise_identity,
-)
 from plasm_grpc.logs import EventLog
 from plasm_grpc.net.certs import QuicCertificate, new_certificate
-from plasm_grpc.net.connection import (
-    ALPN,
-    ConnectionState,
-    Handler,
-    LocalIdentity,
-    OverlayConnection,
-    OverlaySettings,
+from plasm_grpc.net.circuits import (
+    RELAYED_DATAGRAM_SIZE,
+    CircuitFrame,
+    circuit_frame,
     relay_of,
     relayed_address,
 )
+from plasm_grpc.net.connection import ConnectionState, OverlayConnection
 from plasm_grpc.net.errors import ConnectionLimitError, OverlayError
+from plasm_grpc.net.handshake import LocalIdentity
+from plasm_grpc.net.rpc import Handler
+from plasm_grpc.net.settings import ALPN, OverlaySettings
 
-__all__ = ["OverlayEndpoint", "PeerInfo", "circuit_frame"]
+__all__ = ["OverlayEndpoint", "PeerInfo"]
 
 _CID_LENGTH: Final = 8
 # Connections being refused still cost a QUIC handshake; past this many at once
 # new Initial packets are dropped without an answer.
 _MAX_REFUSING: Final = 64
 _CLOSE_GRACE_S: Final = 2.0  # how long close() waits for QUIC's draining periods
-# Inner (relayed) connections send packets of at most this size, so one fits a
-# DATAGRAM frame on a 1350-byte outer path with the 4-byte circuit id.
-RELAYED_DATAGRAM_SIZE: Final = SMALLEST_MAX_DATAGRAM_SIZE
-CIRCUIT_ID_BYTES: Final = 4
-# Set in a frame's 4-byte header on frames a relay delivers to a circuit's end,
-# clear on frames an end sends its relay to forward: a node that is both a
-# relay and an end on one connection tells them apart. The rest is the id.
-DELIVERED_BIT: Final = 0x8000_0000
-MAX_CIRCUIT_ID: Final = DELIVERED_BIT - 1
 
 # Called with (connection the frame came on, circuit id, inner packet) for a
 # DATAGRAM frame on a circuit this node is not an end of: a relay's forwarder.
@@ -174,18 +160,8 @@ class OverlayEndpoint:
         if self._transport is not None:
             raise OverlayError("the endpoint is already started")
         certificate = new_certificate()
-        proof = sign_noise_identity(
-            self._identity,
-            noise_static_public_key(self._static_private),
-            created_at_ns=time.time_ns(),
-        )
-        self._local = LocalIdentity(
-            node_id=self._identity.node_id,
-            static_private=self._static_private,
-            proof=proof,
-            certificate_der=certificate.der,
-            noise=NoiseLocalIdentity(self._static_private, proof),
-            server_prologue=handshake_prologue(certificate.der),
+        self._local = LocalIdentity.create(
+            self._identity, self._static_private, certificate.der, created_at_ns=time.time_ns()
         )
         self._server_config, self._client_config = _quic_configurations(self._settings, certificate)
         relayed = dataclasses.replace(self._settings, max_datagram_size=RELAYED_DATAGRAM_SIZE)
@@ -341,19 +317,18 @@ class OverlayEndpoint:
         self.sendto(data, (host, port))
 
     def datagram_frame_received(self, connection: OverlayConnection, data: bytes) -> None:
-        if len(data) <= CIRCUIT_ID_BYTES:
+        frame = CircuitFrame.parse(data)
+        if frame is None:
             return
-        header = int.from_bytes(data[:CIRCUIT_ID_BYTES], "big")
-        circuit_id = header & MAX_CIRCUIT_ID
-        if not header & DELIVERED_BIT:  # an end asks this node, as a relay, to forward
+        if not frame.delivered:  # an end asks this node, as a relay, to forward
             if self.circuit_forwarder is not None:
-                self.circuit_forwarder(connection, circuit_id, data[CIRCUIT_ID_BYTES:])
+                self.circuit_forwarder(connection, frame.circuit_id, frame.packet)
             return
         relay_node_id = connection.remote_node_id
         assert relay_node_id is not None
-        address = relayed_address(relay_node_id, circuit_id)
+        address = relayed_address(relay_node_id, frame.circuit_id)
         if address in self._circuits or relay_node_id in self._reserved_at:
-            self._datagram_received(data[CIRCUIT_ID_BYTES:], address)
+            self._datagram_received(frame.packet, address)
 
     async def _dial_address(
         self, address: NetworkAddress, expected_node_id: str, *, relayed: bool = False
@@ -532,12 +507,6 @@ class OverlayEndpoint:
         return Counter(c.state for c in self._all)
 
 
-def circuit_frame(circuit_id: int, packet: bytes, *, delivered: bool) -> bytes:
-    """A DATAGRAM frame on a circuit: to the relay to forward, or `delivered` by it."""
-    header = circuit_id | DELIVERED_BIT if delivered else circuit_id
-    return header.to_bytes(CIRCUIT_ID_BYTES, "big") + packet
-
-
 def _quic_configurations(
     settings: OverlaySettings, certificate: QuicCertificate
 ) -> tuple[QuicConfiguration, QuicConfiguration]:
@@ -564,6 +533,6 @@ def _quic_configuration(settings: OverlaySettings, *, is_client: bool) -> QuicCo
         max_data=8 * 1024 * 1024,
         max_stream_data=4 * 1024 * 1024,
         max_datagram_size=settings.max_datagram_size,
-        # DATAGRAM frames carry relayed connections' packets (net/relay.py).
+        # DATAGRAM frames carry relayed connections' packets (net/circuits.py).
         max_datagram_frame_size=settings.max_datagram_size,
     )

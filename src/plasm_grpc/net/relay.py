@@ -41,8 +41,9 @@ from plasm_grpc.core.relay import (
     RelayLimits,
 )
 from plasm_grpc.logs import EventLog
+from plasm_grpc.net.circuits import circuit_frame
 from plasm_grpc.net.connection import OverlayConnection
-from plasm_grpc.net.endpoint import OverlayEndpoint, circuit_frame
+from plasm_grpc.net.endpoint import OverlayEndpoint
 from plasm_grpc.net.errors import OverlayError, RequestRefusedError
 
 __all__ = [

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Final, TypeVar
 
 from google.protobuf.message import DecodeError
-from plasm.v1 import capability_pb2, job_pb2
+from plasm.v1 import capability_pb2, job_pb2, receipt_pb2
 
 from plasm_grpc import wire
 from plasm_grpc.core.errors import InvalidIdError, LimitError
 from plasm_grpc.core.ids import check_hex64, check_job_id
 from plasm_grpc.core.jobs.admission import Offer
+from plasm_grpc.jobs.executor import JobDone
 
 OFFER_METHOD: Final = "plasm.v1.Jobs/Offer"
 RUN_METHOD: Final = "plasm.v1.Jobs/Run"
@@ -25,6 +26,7 @@ CANCEL_METHOD: Final = "plasm.v1.Jobs/Cancel"
 MAX_OFFER_BYTES: Final = 4096
 MAX_SMALL_BYTES: Final = 256  # JobCancel, JobStatusQuery
 MAX_TEXT: Final = 64
+MAX_DETAIL: Final = 300  # a peer's text in our events and errors
 
 
 class JobWireError(ValueError):
@@ -61,6 +63,21 @@ def offer_to_pb(offer: Offer) -> job_pb2.JobOffer:
     )
     msg.deadline.FromNanoseconds(offer.deadline_ns)
     return msg
+
+
+def result_to_pb(done: JobDone) -> job_pb2.JobResult:
+    """A job this node's executor ran, as the JobResult a requester (or client) gets."""
+    ex = done.execution
+    return job_pb2.JobResult(
+        job_id=done.job_id,
+        outcome=receipt_pb2.Outcome.ValueType(int(ex.outcome)),
+        exit_code=ex.exit_code,
+        trap_code=ex.trap_code,
+        stdout=ex.stdout,
+        stderr=ex.stderr,
+        receipt=wire.envelope_to_pb(done.envelope),
+        detail=ex.detail,
+    )
 
 
 def offer_from_bytes(payload: bytes) -> Offer:
@@ -104,6 +121,11 @@ def cancel_job_id(payload: bytes) -> str:
 
 def status_job_id(payload: bytes) -> str:
     return _checked_job_id(_parse(job_pb2.JobStatusQuery(), payload, MAX_SMALL_BYTES).job_id)
+
+
+def clip(text: str) -> str:
+    """A peer's text cut to what our events and errors carry."""
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "…"
 
 
 def _checked_job_id(job_id: str) -> str:

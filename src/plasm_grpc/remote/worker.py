@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from plasm.v1 import job_pb2, receipt_pb2
+from plasm.v1 import job_pb2
 
 from plasm_grpc import wire
 from plasm_grpc.core import envelope as envelopes
@@ -248,17 +248,7 @@ class JobWorker:
             raise RequestRefusedError(f"{err.reason}: {err}") from err
         finally:
             self._job_ended(run.job_id, peer, submitted)
-        ex = done.execution
-        return job_pb2.JobResult(
-            job_id=done.job_id,
-            outcome=receipt_pb2.Outcome.ValueType(int(ex.outcome)),
-            exit_code=ex.exit_code,
-            trap_code=ex.trap_code,
-            stdout=ex.stdout,
-            stderr=ex.stderr,
-            receipt=wire.envelope_to_pb(done.envelope),
-            detail=ex.detail,
-        ).SerializeToString()
+        return messages.result_to_pb(done).SerializeToString()
 
     async def _check_arrival(self, run: job_pb2.JobRun, offer: Offer) -> None:
         """The job must be the one offered: same module, same input. Large

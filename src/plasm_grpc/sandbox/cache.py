@@ -30,6 +30,7 @@ import wasmtime
 from plasm_grpc.core.ids import check_hex64, sha256_hex
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.sandbox.engine import SandboxEngine
+from plasm_grpc.sandbox.grow_watch import layout, watch_grows
 
 WASM_MAGIC: Final = b"\x00asm"
 _MAC_BYTES: Final = 32
@@ -180,9 +181,29 @@ class ModuleCache:
                 Outcome.INVALID_MODULE,
                 "not a WebAssembly binary (missing \\0asm magic)",
             )
+        declared = layout(data)
+        largest = self._engine.settings.max_memory_bytes
+        if declared is not None and len(declared.memories) > 1:
+            # The store and the pooling allocator allow a job one memory.
+            return ModuleFailure(
+                sha256,
+                Outcome.INVALID_MODULE,
+                f"module has {len(declared.memories)} linear memories; a job may have one",
+            )
+        if declared is not None and declared.min_memory_bytes > largest:
+            # No job here may have that much (and the pooling allocator would
+            # refuse the module at compile time, as if it were invalid).
+            return ModuleFailure(
+                sha256,
+                Outcome.MEMORY_LIMIT,
+                f"the module needs {declared.min_memory_bytes} bytes of initial linear "
+                f"memory; this node allows a job at most {largest} bytes",
+            )
         self.compiles += 1
         try:
-            module = wasmtime.Module(self._engine.engine, data)
+            # Compiled with its memory.grow watched, so the runner can tell a
+            # grow refused at the job's memory limit (see grow_watch).
+            module = wasmtime.Module(self._engine.engine, watch_grows(data))
         except wasmtime.WasmtimeError as err:
             return ModuleFailure(sha256, Outcome.INVALID_MODULE, _first_line(err))
         artifact = bytes(module.serialize())

@@ -95,6 +95,9 @@ class SandboxEngine:
                         f"cranelift_opt_level={self.settings.opt_level}",
                         "wasi=args,env,stdin,clocks,random;no-fs;no-net;no-poll",
                         f"max_table_elements={self.settings.max_table_elements}",
+                        # A refused memory.grow is recorded by code added to the
+                        # module (grow_watch), which costs fuel.
+                        "memory_grow=watched",
                         "allocator=" + ("pooling" if self.settings.pooling else "on-demand"),
                     )
                 )

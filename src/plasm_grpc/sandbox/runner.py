@@ -7,8 +7,12 @@ a long compile or a running guest never blocks the asyncio event loop.
 Limits and how each is enforced:
 
 * linear memory: `Store.set_limits(memory_size=...)`; `memory.grow` past it
-  returns -1, and a job that then fails with memory at the cap ends as
-  MEMORY_LIMIT (a trap only: a guest that exits on purpose keeps its code).
+  returns -1 and tells the host nothing, so the module is compiled with its
+  grows watched (`grow_watch`): a job that traps after a grow was refused
+  because of its limit ends as MEMORY_LIMIT (a trap only: a guest that exits
+  on purpose keeps its code; a grow refused by the module's own maximum does
+  not count). A module whose initial memory is above the limit ends as
+  MEMORY_LIMIT without running.
 * fuel: `Config.consume_fuel`; running out traps as OUT_OF_FUEL.
 * wall time: `Config.epoch_interruption` plus one ticker thread per engine.
   Each store's epoch deadline is one tick ahead and has a callback
@@ -42,6 +46,7 @@ recording why in the job's state.
 from __future__ import annotations
 
 import ctypes
+import re
 import struct
 import threading
 import time
@@ -56,6 +61,7 @@ from plasm_grpc.core.limits import ResourceLimits
 from plasm_grpc.core.outcome import Outcome
 from plasm_grpc.sandbox.cache import CompiledModule, ModuleCache, ModuleFailure
 from plasm_grpc.sandbox.engine import SandboxEngine
+from plasm_grpc.sandbox.grow_watch import REFUSED_PAGES_EXPORT, refused_pages
 
 WASI_MODULE: Final = "wasi_snapshot_preview1"
 PAGE: Final = 65536
@@ -432,7 +438,7 @@ class Sandbox:
         outcome = Outcome.SUCCESS
         trap_code = ""
         detail = ""
-        memory: Any = None
+        instance: wasmtime.Instance | None = None
         fuel_left = limits.max_fuel
         _current.job = state
         try:
@@ -454,7 +460,6 @@ class Sandbox:
                 instance = compiled.pre.instantiate(store)
                 # By name, in constant time: `instance.exports(store)` wraps every
                 # export in Python, which a module with 100k exports turns into minutes.
-                memory = _export(store, instance, "memory")
                 start = _export(store, instance, "_start")
                 if not isinstance(start, wasmtime.Func):
                     raise wasmtime.WasmtimeError("_start is not a function")
@@ -467,7 +472,7 @@ class Sandbox:
             except wasmtime.WasmtimeError as err:
                 # proc_exit is the sandbox's own (_proc_exit), so wasmtime never
                 # raises ExitTrap here: an exit is a stop_reason, handled below.
-                outcome, detail = _classify_error(str(err))
+                outcome, detail = _classify_error(str(err), limits.max_memory_bytes)
             if state.stop_reason is not None:
                 # The guest was stopped on purpose by a host call (exit or output
                 # cap: fuel taken, fuel_at_stop kept) or by the epoch callback
@@ -479,12 +484,18 @@ class Sandbox:
                 )
             else:
                 fuel_left = _fuel_left(store)
-            if outcome is Outcome.TRAP and _memory_at_cap(store, memory, limits.max_memory_bytes):
-                # memory.grow past the cap returns -1 rather than trapping; a guest
-                # that then traps (abort, null dereference) ran out of memory.
-                outcome = Outcome.MEMORY_LIMIT
-                detail = f"linear memory reached its limit of {limits.max_memory_bytes} bytes"
-                trap_code = ""
+            if outcome is Outcome.TRAP and instance is not None:
+                # memory.grow past the limit returns -1 rather than trapping; a
+                # guest that then traps (abort, null dereference) ran out of memory.
+                wanted = refused_pages(_export(store, instance, REFUSED_PAGES_EXPORT), store)
+                if wanted * PAGE > limits.max_memory_bytes:
+                    outcome = Outcome.MEMORY_LIMIT
+                    detail = (
+                        f"memory.grow to {wanted} pages ({wanted * PAGE} bytes) was refused at "
+                        f"the job's memory limit of {limits.max_memory_bytes} bytes; the guest "
+                        f"then trapped ({trap_code})"
+                    )
+                    trap_code = ""
         finally:
             _current.job = None
             store.close()  # no more callbacks from here on
@@ -551,18 +562,22 @@ def _fuel_left(store: wasmtime.Store) -> int:
         return 0
 
 
-def _memory_at_cap(store: wasmtime.Store, memory: Any, cap: int) -> bool:
-    if not isinstance(memory, wasmtime.Memory):
-        return False
-    return bool(memory.data_len(store) + PAGE > cap)
+# What the store limiter says when instantiation would start above the limit.
+_INITIAL_MEMORY_REFUSED: Final = re.compile(r"memory minimum size of (\d+) pages exceeds")
 
 
-def _classify_error(message: str) -> tuple[Outcome, str]:
+def _classify_error(message: str, limit: int) -> tuple[Outcome, str]:
     """Map a non-trap WasmtimeError during instantiation or start."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     # wasmtime puts the cause last ("Caused by: ..."); the first line is context.
     detail = lines[-1].removeprefix("0: ").strip() if lines else "unknown error"
     lowered = message.lower()
+    initial = _INITIAL_MEMORY_REFUSED.search(message)
+    if initial is not None:
+        return Outcome.MEMORY_LIMIT, (
+            f"the module needs {int(initial.group(1)) * PAGE} bytes of initial linear memory; "
+            f"the job's memory limit is {limit} bytes"
+        )
     if "memory" in lowered and ("limit" in lowered or "exceeds" in lowered):
         return Outcome.MEMORY_LIMIT, detail
     if "import" in lowered:

@@ -78,3 +78,20 @@ def rank(
         )
 
     return sorted(candidates, key=key)
+
+
+def unmet_requirement(
+    placement: Placement, *, arch: str, wasi_version: str, max_memory_bytes: int
+) -> str | None:
+    """Why a node (its architecture, WASI version, largest memory limit) cannot
+    meet the placement's requirements, or None when it can."""
+    if placement.arch and placement.arch != arch:
+        return f"job requires arch {placement.arch!r}; this node is {arch!r}"
+    if placement.wasi_version and placement.wasi_version != wasi_version:
+        return f"job requires WASI {placement.wasi_version!r}; this node runs {wasi_version!r}"
+    if placement.min_memory_bytes > max_memory_bytes:
+        return (
+            f"job requires {placement.min_memory_bytes} bytes of memory; this node "
+            f"offers at most {max_memory_bytes}"
+        )
+    return None
