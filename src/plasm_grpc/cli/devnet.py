@@ -213,7 +213,6 @@ def cmd_devnet(args: argparse.Namespace) -> int:
             f"devnet: {args.nodes} nodes (node 0 is the seed)",
             ("node", "node id", "gRPC", "overlay (udp)"),
             [(str(n.index), n.node_id[:16] + "…", n.grpc, n.overlay) for n in net.nodes],
-            whole=("node id", "gRPC", "overlay (udp)"),
         )
         say(
             f"addresses in {root / 'devnet.json'}, logs in {root}/node*/plasmd.log\n"

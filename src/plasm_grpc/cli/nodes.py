@@ -3,7 +3,7 @@ one looked up by id, and the workers that can run a job.
 
 Tables fit 80 columns without cutting what a user copies from them: a node
 id shows its first 12 hex characters (`plasm peer ID` and `--json` give it
-whole) and an address is never shortened; the capability columns fold.
+whole) and an address is never shortened; only what a peer runs folds.
 """
 
 from __future__ import annotations
@@ -13,10 +13,18 @@ from collections.abc import Sequence
 
 from plasm_grpc.api.client import ApiError, PlasmClient, connect
 from plasm_grpc.api.views import Peer
-from plasm_grpc.cli.output import die, print_json, printable, say, short_node_id, show_grid
+from plasm_grpc.cli.output import (
+    die,
+    print_json,
+    printable,
+    say,
+    short_node_id,
+    show_fields,
+    show_grid,
+)
 
-PEER_HEADERS = ("node id", "address", "rtt ms", "arch", "runtime", "memory", "slots")
-WHOLE = ("node id", "address")  # never cut or folded
+PEER_HEADERS = ("node id", "address", "rtt ms", "runs", "memory", "slots")
+FOLD = ("runs",)  # the only column that folds; ids and addresses are never cut
 
 
 def _client(args: argparse.Namespace) -> PlasmClient:
@@ -27,20 +35,19 @@ def peer_row(peer: Peer) -> tuple[str, ...]:
     rtt = f"{peer.rtt_us / 1000:.2f}" if peer.connected and peer.rtt_us else "-"
     if not peer.has_record:
         unknown = "?"
-        return (short_node_id(peer.node_id), printable(peer.address), rtt, *([unknown] * 4))
+        return (short_node_id(peer.node_id), printable(peer.address), rtt, *([unknown] * 3))
     return (
         short_node_id(peer.node_id),
         printable(peer.address),
         rtt,
-        printable(peer.arch),
-        printable(peer.runtime),
+        printable(f"{peer.runtime} {peer.arch}"),
         f"{peer.max_memory_bytes / 2**20:.0f} MiB",
         f"{peer.free_slots}/{peer.total_slots}",
     )
 
 
 def show_peers(title: str, peers: Sequence[Peer]) -> None:
-    show_grid(title, PEER_HEADERS, [peer_row(p) for p in peers], whole=WHOLE)
+    show_grid(title, PEER_HEADERS, [peer_row(p) for p in peers], fold=FOLD)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -86,7 +93,6 @@ def _show_connections(client: PlasmClient, args: argparse.Namespace) -> int:
             )
             for c in info.connections
         ],
-        whole=WHOLE,
     )
     if not info.connections:
         say("no open overlay connections (add overlay.bootstrap peers)")
@@ -106,10 +112,15 @@ def cmd_peer(args: argparse.Namespace) -> int:
         [found.peer],
     )
     peer = found.peer
-    say(
-        f"node id {printable(peer.node_id, 64)}\n"
-        f"record seq {peer.record_seq}, expires {peer.record_expires_at}, "
-        f"addresses {', '.join(printable(a) for a in peer.record_addresses) or '-'}"
+    show_fields(
+        None,
+        [
+            ("node id", printable(peer.node_id, 64)),
+            ("record", f"seq {peer.record_seq}, expires {printable(peer.record_expires_at)}"),
+            ("addresses", ", ".join(printable(a) for a in peer.record_addresses) or "-"),
+        ],
+        to_stderr=True,
+        boxed=False,
     )
     return 0
 

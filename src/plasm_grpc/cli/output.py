@@ -200,7 +200,9 @@ def show_fields(
         if boxed:
             table = Table(title=title, show_header=False, title_justify="left")
         else:
-            table = Table(title=title, show_header=False, box=None, pad_edge=False)
+            table = Table(
+                title=title, show_header=False, box=None, pad_edge=False, title_justify="left"
+            )
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
         for key, value in rows:
@@ -224,21 +226,25 @@ def show_grid(
     headers: Sequence[str],
     rows: Sequence[Sequence[str]],
     *,
-    whole: Sequence[str] = (),
+    fold: Sequence[str] = (),
 ) -> None:
     """A table with a header row on stdout (rich, at the terminal's or $COLUMNS'
-    width). Columns named in `whole` (addresses, shortened ids) are never cut or
-    folded; the others fold when the width is short. Cells are text, never markup."""
+    width, 80 off a terminal). Only the columns named in `fold` (free text such
+    as a runtime) fold when the width is short; the others (ids, addresses,
+    numbers) are never cut or folded. Cells are text, never markup."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False
+    )
     for index, header in enumerate(headers):
-        if header in whole:
+        if header in fold:
+            table.add_column(header, overflow="fold")
+        else:
             widest = max((len(row[index]) for row in rows), default=0)
             table.add_column(header, no_wrap=True, min_width=max(widest, len(header)))
-        else:
-            table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     out_console().print(table)

@@ -213,21 +213,21 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     if args.json:
         print_json(page.json())
         return 0
+    # 80 columns hold the whole job id (to copy into `plasm receipt`): the time
+    # to the second, the module in `plasm receipt` and --json.
     show_grid(
         "receipts (newest first)",
-        ("job id", "finished", "outcome", "exit", "wall ms", "module"),
+        ("job id", "finished (UTC)", "outcome", "wall ms"),
         [
             (
                 b.job_id,
-                b.finished_at,
-                b.outcome.lower(),
-                str(b.exit_code),
+                b.finished_at[:19].replace("T", " "),
+                b.outcome.lower() + (f" {b.exit_code}" if b.exit_code else ""),
                 f"{b.wall_time_us / 1000:.2f}",
-                b.module_sha256[:12] + "…",
             )
             for b in page.receipts
         ],
-        whole=("job id",),
+        fold=("outcome",),
     )
     if page.next_page_token:
         say(f"more: plasm receipts --page-token {page.next_page_token}")

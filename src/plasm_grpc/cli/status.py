@@ -54,8 +54,8 @@ def info_rows(info: NodeInfo) -> list[tuple[str, str]]:
         ("reachability", reachability if info.overlay_address else "-"),
         ("relays", ", ".join(_short_relay(r) for r in info.relays) or "-"),
         ("peers", str(len(info.connections))),
-        ("receipts stored", str(info.receipts_stored)),
-        ("modules cached", str(info.cached_modules)),
+        ("receipts", f"{info.receipts_stored} stored"),
+        ("modules", f"{info.cached_modules} cached"),
         ("max memory", f"{info.max_memory_bytes / 2**20:.0f} MiB per job"),
         ("max time", f"{info.max_timeout_ms / 1000:g} s per job"),
     ]
@@ -70,7 +70,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info.json())
         return 0
-    show_fields(f"plasmd {printable(info.version, 40)} at {args.addr}", info_rows(info))
+    # Unboxed, so that a node id (64 hex) stays on one line at 80 columns.
+    show_fields(
+        f"plasmd {printable(info.version, 40)} at {args.addr}", info_rows(info), boxed=False
+    )
     return 0
 
 
