@@ -3,14 +3,16 @@
 A view holds the plain values a client shows (enum values as their names
 without the proto prefix, timestamps as proto3 JSON text) and keeps the
 message it came from, so `json()` renders the exact proto3 JSON (camelCase)
-without the client touching generated code. json_format is imported only
-when JSON is asked for: it is not needed to run a job.
+without the client touching generated code (with or without the fields left
+at their default, as each command always wrote it). Views are NamedTuples, not
+dataclasses: building a dataclass costs about 1 ms at import, and `plasm`
+imports these on every run. json_format is imported only when JSON is asked
+for: it is not needed to run a job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
 from plasm.v1 import (
@@ -71,19 +73,7 @@ def enum_label(enum: Any, value: int, prefix: str) -> str:
         return str(value)
 
 
-class _Viewed:
-    """The message a view was made from, for its proto3 JSON."""
-
-    __slots__ = ()
-    message: Any
-    _ALL_FIELDS = False
-
-    def json(self) -> dict[str, Any]:
-        return message_json(self.message, all_fields=self._ALL_FIELDS)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event(_Viewed):
+class Event(NamedTuple):
     """One job event (plasm.v1.JobEvent)."""
 
     kind: str  # JobEventKind name without prefix, e.g. "FINISHED"; the number if unknown
@@ -98,7 +88,10 @@ class Event(_Viewed):
     may_have_run: bool
     module_bytes: int
     error_reason: str  # ErrorReason name without prefix
-    message: job_pb2.JobEvent = field(repr=False, compare=False)
+    message: job_pb2.JobEvent
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message)
 
     @classmethod
     def from_pb(cls, msg: job_pb2.JobEvent) -> Event:
@@ -119,8 +112,7 @@ class Event(_Viewed):
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Attempt(_Viewed):
+class Attempt(NamedTuple):
     """One placement attempt of a job (plasm.v1.JobAttempt)."""
 
     node_id: str
@@ -129,8 +121,10 @@ class Attempt(_Viewed):
     detail: str
     duration_us: int
     may_have_run: bool
-    message: job_pb2.JobAttempt = field(repr=False, compare=False)
-    _ALL_FIELDS = True
+    message: job_pb2.JobAttempt
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message, all_fields=True)
 
     @classmethod
     def from_pb(cls, msg: job_pb2.JobAttempt) -> Attempt:
@@ -145,8 +139,7 @@ class Attempt(_Viewed):
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReceiptBody(_Viewed):
+class ReceiptBody(NamedTuple):
     """A decoded receipt (plasm.v1.ReceiptBody)."""
 
     job_id: str
@@ -168,8 +161,10 @@ class ReceiptBody(_Viewed):
     runtime_version: str
     wasi_version: str
     finished_at: str
-    message: receipt_pb2.ReceiptBody = field(repr=False, compare=False)
-    _ALL_FIELDS = True
+    message: receipt_pb2.ReceiptBody
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message, all_fields=True)
 
     @classmethod
     def from_pb(cls, msg: receipt_pb2.ReceiptBody) -> ReceiptBody:
@@ -197,8 +192,7 @@ class ReceiptBody(_Viewed):
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SubmitResult(_Viewed):
+class SubmitResult(NamedTuple):
     """A Submit's answer: the job's result, its attempts and who ran it."""
 
     job_id: str
@@ -211,7 +205,10 @@ class SubmitResult(_Viewed):
     stdout: bytes
     stderr: bytes
     receipt: SignedEnvelope
-    message: service_pb2.SubmitResponse = field(repr=False, compare=False)
+    message: service_pb2.SubmitResponse
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message)
 
     @classmethod
     def from_pb(cls, msg: service_pb2.SubmitResponse) -> SubmitResult:
@@ -231,20 +228,21 @@ class SubmitResult(_Viewed):
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VerifyCheck:
+class VerifyCheck(NamedTuple):
     name: str
     passed: bool
     detail: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Verification(_Viewed):
+class Verification(NamedTuple):
     """The node's Verify answer."""
 
     valid: bool
     checks: tuple[VerifyCheck, ...]
-    message: service_pb2.VerifyResponse = field(repr=False, compare=False)
+    message: service_pb2.VerifyResponse
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message)
 
     @classmethod
     def from_pb(cls, msg: service_pb2.VerifyResponse) -> Verification:
@@ -254,11 +252,13 @@ class Verification(_Viewed):
         return cls(valid=msg.valid, checks=checks, message=msg)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoredReceipt(_Viewed):
+class StoredReceipt(NamedTuple):
     envelope: SignedEnvelope
     body: ReceiptBody
-    message: service_pb2.StoredReceipt = field(repr=False, compare=False)
+    message: service_pb2.StoredReceipt
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message)
 
     @classmethod
     def from_pb(cls, msg: service_pb2.StoredReceipt) -> StoredReceipt:
@@ -269,11 +269,13 @@ class StoredReceipt(_Viewed):
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReceiptPage(_Viewed):
+class ReceiptPage(NamedTuple):
     receipts: tuple[ReceiptBody, ...]
     next_page_token: str
-    message: service_pb2.ListReceiptsResponse = field(repr=False, compare=False)
+    message: service_pb2.ListReceiptsResponse
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message)
 
     @classmethod
     def from_pb(cls, msg: service_pb2.ListReceiptsResponse) -> ReceiptPage:
@@ -284,8 +286,7 @@ class ReceiptPage(_Viewed):
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Peer(_Viewed):
+class Peer(NamedTuple):
     """A peer the node knows (plasm.v1.KnownPeer) and what its signed record says."""
 
     node_id: str
@@ -301,8 +302,10 @@ class Peer(_Viewed):
     record_seq: int
     record_expires_at: str
     record_addresses: tuple[str, ...]
-    message: service_pb2.KnownPeer = field(repr=False, compare=False)
-    _ALL_FIELDS = True
+    message: service_pb2.KnownPeer
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message, all_fields=True)
 
     @classmethod
     def from_pb(cls, msg: service_pb2.KnownPeer) -> Peer:
@@ -326,14 +329,15 @@ class Peer(_Viewed):
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PeerLookup(_Viewed):
+class PeerLookup(NamedTuple):
     peer: Peer
     hops: int
     rpcs: int
     duration_us: int
-    message: service_pb2.FindPeerResponse = field(repr=False, compare=False)
-    _ALL_FIELDS = True
+    message: service_pb2.FindPeerResponse
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message, all_fields=True)
 
     @classmethod
     def from_pb(cls, msg: service_pb2.FindPeerResponse) -> PeerLookup:
@@ -346,8 +350,7 @@ class PeerLookup(_Viewed):
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Workers:
+class Workers(NamedTuple):
     capability_class: str
     workers: tuple[Peer, ...]
 
@@ -359,19 +362,20 @@ class Workers:
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Connection(_Viewed):
+class Connection(NamedTuple):
     """An open overlay connection (plasm.v1.PeerConnection)."""
 
     node_id: str
     address: str
     direction: str
     rtt_us: int
-    message: service_pb2.PeerConnection = field(repr=False, compare=False)
+    message: service_pb2.PeerConnection
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NodeInfo(_Viewed):
+class NodeInfo(NamedTuple):
     node_id: str
     version: str
     grpc_addresses: tuple[str, ...]
@@ -395,8 +399,10 @@ class NodeInfo(_Viewed):
     connections: tuple[Connection, ...]
     receipts_stored: int
     cached_modules: int
-    message: service_pb2.GetNodeInfoResponse = field(repr=False, compare=False)
-    _ALL_FIELDS = True
+    message: service_pb2.GetNodeInfoResponse
+
+    def json(self) -> dict[str, Any]:
+        return message_json(self.message, all_fields=True)
 
     @classmethod
     def from_pb(cls, msg: service_pb2.GetNodeInfoResponse) -> NodeInfo:

@@ -10,10 +10,13 @@ stderr is a terminal.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import re
 import sys
 from importlib import import_module
+from typing import NoReturn
 
 from plasm_grpc import __version__
 from plasm_grpc.cli.output import DEFAULT_ADDR, CliError, is_terminal
@@ -287,7 +290,15 @@ def parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     module_name, _, function = str(args.func).partition(":")
-    command = getattr(import_module(f"plasm_grpc.cli.{module_name}"), function)
+    # Importing a command (gRPC, protobuf, the generated code) makes objects by
+    # the hundred thousand and the collector would walk them over and over:
+    # hold it off while importing, then freeze what the imports made.
+    gc.disable()
+    try:
+        command = getattr(import_module(f"plasm_grpc.cli.{module_name}"), function)
+    finally:
+        gc.freeze()
+        gc.enable()
     return int(command(args))
 
 
@@ -316,7 +327,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-__all__ = ["PLACEMENT_MODES", "main", "parser"]
+def run() -> NoReturn:
+    """The `plasm` command: `main()`, then exit without tearing the interpreter
+    down. Everything the CLI writes is closed or flushed by then; what is left
+    is gRPC's and protobuf's teardown, about 30 ms of every run here for nothing."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        # A reader that went away, or a closed stream: nothing more to write.
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+__all__ = ["PLACEMENT_MODES", "main", "parser", "run"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

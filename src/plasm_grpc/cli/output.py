@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-import textwrap
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -209,6 +208,8 @@ def show_fields(
             table.add_row(key, Text(value))
         (err_console() if to_stderr else out_console()).print(table)
         return
+    import textwrap
+
     lines = [title] if title else []
     indent = "  " if title else ""
     key_width = max((len(key) for key, _ in rows), default=0) + 2

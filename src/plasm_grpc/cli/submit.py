@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
-import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from plasm_grpc.api.client import ApiError, PlasmClient, connect
 from plasm_grpc.api.jobs import JobRequest, ManifestDraft
@@ -112,8 +111,7 @@ def apply_placement(manifest: ManifestDraft, args: Any) -> None:
 # -- running a Submit: watch it live, cancel it on Ctrl-C --------------------------------
 
 
-@dataclass(slots=True)
-class SubmitOutcome:
+class SubmitOutcome(NamedTuple):
     response: SubmitResult
     # The live view showed the job's end (so its attempts were shown too).
     shown_live: bool
@@ -377,7 +375,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     module = read_file(args.module, "module") if args.module else b""
     manifest = _manifest_from_args(args, module)
-    request = manifest.request(module=module, job_id=args.job_id or secrets.token_hex(16))
+    request = manifest.request(module=module, job_id=args.job_id or os.urandom(16).hex())
     client = connect(args.addr, args.timeout)
     people = not args.quiet and not args.json
     on_terminal = stderr_is_terminal()
