@@ -17,7 +17,7 @@ import pytest
 from conftest import Daemon, DaemonFactory, WasmModules, submit, wait_until
 from plasm.v1 import service_pb2
 
-from plasm_grpc.cli.main import parser
+from plasm_grpc.cli.main import COMMANDS, command_in, parser
 
 # What `import plasm_grpc.cli.main` (and `plasm --help`) must not load: the gRPC
 # runtime, protobuf and the generated code, rich, the typed client and the
@@ -196,3 +196,29 @@ def test_a_table_on_a_wide_terminal_keeps_what_a_peer_runs_on_one_line(
     rows = [line for line in proc.stdout.splitlines() if "127.0.0.1:" in line]
     assert len(rows) == len(peers)
     assert all("(preview1)" in row for row in rows), rows
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["submit", "m.wasm", "--local", "--arg", "x", "--env", "A=b", "--json"],
+        ["--addr", "127.0.0.1:9", "--timeout", "3", "watch", "0" * 32, "--json"],
+        ["--addr=unix:/run/plasm/plasmd.sock", "verify", "r.json", "--input-arg", "a"],
+        ["--timeout=2", "workers", "--memory", "512MiB", "--limit", "5"],
+        ["status", "--metrics", "127.0.0.1:9090"],
+        ["devnet", "--nodes", "2", "--once"],
+        ["receipt", "abc", "--out", "r.json"],
+    ],
+)
+def test_parsing_only_the_command_that_runs_reads_argv_as_the_full_parser(
+    argv: list[str],
+) -> None:
+    assert command_in(argv) == next(a for a in argv if a in COMMANDS)
+    assert parser(command_in(argv)).parse_args(argv) == parser().parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--help"], ["--version"], ["--ad", "x", "info"], ["nosuch"], ["-q", "submit"]]
+)
+def test_anything_but_a_plain_command_builds_every_command(argv: list[str]) -> None:
+    assert command_in(argv) is None

@@ -3,8 +3,7 @@ receipt files read back as signed envelopes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from plasm.v1 import capability_pb2, envelope_pb2, manifest_pb2, service_pb2
 
@@ -31,8 +30,7 @@ LIMIT_FIELDS: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobRequest:
+class JobRequest(NamedTuple):
     """A Submit ready to send."""
 
     job_id: str
@@ -40,7 +38,7 @@ class JobRequest:
     env: tuple[tuple[str, str], ...]
     stdin: bytes
     timeout_ms: int
-    message: service_pb2.SubmitRequest = field(repr=False, compare=False)
+    message: service_pb2.SubmitRequest
 
     @classmethod
     def from_pb(cls, msg: service_pb2.SubmitRequest) -> JobRequest:

@@ -16,12 +16,10 @@ import os
 import re
 import sys
 from importlib import import_module
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from plasm_grpc import __version__
 from plasm_grpc.cli.output import DEFAULT_ADDR, CliError, is_terminal
-from plasm_grpc.core.errors import InvalidIdError
-from plasm_grpc.core.ids import check_job_id
 
 PLACEMENT_MODES = ("auto", "local", "peer")  # JobManifest placement modes, as cli.submit reads them
 
@@ -39,6 +37,9 @@ def _nonneg(value: str) -> int:
 
 
 def _job_id(value: str) -> str:
+    from plasm_grpc.core.errors import InvalidIdError
+    from plasm_grpc.core.ids import check_job_id  # hashlib: only when an id is given
+
     try:
         return check_job_id(value)
     except InvalidIdError as err:
@@ -58,7 +59,59 @@ def _size(value: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[unit]
 
 
-def parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """Stands in for the subparser of a command that is not running: its
+    arguments are not built (argparse looks up translations for each one)."""
+
+    def add_argument(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def set_defaults(self, **kwargs: object) -> None:
+        pass
+
+
+class _Commands:
+    """`add_subparsers()`, building in full only the command that runs (all of
+    them when `only` is None); the others get their name and one-line help,
+    all that `plasm --help` and argparse's "invalid choice" need."""
+
+    def __init__(self, sub: Any, only: str | None) -> None:
+        self._sub = sub
+        self._only = only
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self._only is None or name == self._only:
+            return self._sub.add_parser(name, **kwargs)
+        self._sub.add_parser(name, help=kwargs.get("help"), add_help=False)
+        return _Skipped()
+
+
+COMMANDS = frozenset(
+    {
+        *("submit", "watch", "cancel", "verify", "receipts", "receipt"),
+        *("status", "info", "peers", "peer", "workers", "devnet"),
+    }
+)
+_GLOBAL_WITH_VALUE = ("--addr", "--timeout")
+
+
+def command_in(argv: list[str]) -> str | None:
+    """The command `argv` runs, or None when it is not plain (help, a typo, an
+    abbreviated option): then every command is built and argparse decides."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token in _GLOBAL_WITH_VALUE:
+            next(tokens, None)
+        elif token.startswith(tuple(f"{o}=" for o in _GLOBAL_WITH_VALUE)):
+            continue
+        elif token.startswith("-"):
+            return None
+        else:
+            return token if token in COMMANDS else None
+    return None
+
+
+def parser(only: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="plasm",
         description="Run WebAssembly jobs on a Plasm node and verify their signed receipts.",
@@ -73,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=60.0, help="RPC deadline in seconds")
     p.add_argument("--version", action="version", version=f"plasm {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = _Commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), only)
 
     s = sub.add_parser(
         "submit",
@@ -315,7 +368,8 @@ def _error(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(command_in(argv)).parse_args(argv)
     try:
         return _run(args)
     except CliError as err:
@@ -339,7 +393,7 @@ def run() -> NoReturn:
     os._exit(code)
 
 
-__all__ = ["PLACEMENT_MODES", "main", "parser", "run"]
+__all__ = ["COMMANDS", "PLACEMENT_MODES", "command_in", "main", "parser", "run"]
 
 if __name__ == "__main__":
     run()

@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -305,7 +306,12 @@ class _SubmitRun:
 
 
 def run_submit(
-    client: PlasmClient, request: JobRequest, *, watch: bool, spinner: str | None
+    client: PlasmClient,
+    request: JobRequest,
+    *,
+    watch: bool,
+    spinner: str | None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> SubmitOutcome:
     """Submit `request`; with `watch`, show its events live meanwhile.
 
@@ -319,6 +325,8 @@ def run_submit(
             try:
                 if run.future is None:
                     run.start()
+                    if meanwhile is not None:
+                        meanwhile()  # while the node runs the job (it has its own core)
                 if run.step():
                     break
             except KeyboardInterrupt:
@@ -369,10 +377,14 @@ def _manifest_from_args(args: argparse.Namespace, module: bytes) -> ManifestDraf
     return manifest
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from plasm_grpc.api.verify import ReceiptInput, verify_receipt
-    from plasm_grpc.cli.receipts import body_of, show_body, show_verification, verification_json
+def _load_the_verifier() -> None:
+    """Import what checks and shows the receipt (cryptography's Ed25519, the
+    receipt codec): done while the node runs the job, not before sending it."""
+    import plasm_grpc.api.verify
+    import plasm_grpc.cli.receipts  # noqa: F401
 
+
+def cmd_submit(args: argparse.Namespace) -> int:
     module = read_file(args.module, "module") if args.module else b""
     manifest = _manifest_from_args(args, module)
     request = manifest.request(module=module, job_id=args.job_id or os.urandom(16).hex())
@@ -383,7 +395,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spinner = None
     if on_terminal and people:
         spinner = f"running {args.module or manifest.module_sha256[:16]} on {args.addr}…"
-    ran = run_submit(client, request, watch=watch, spinner=spinner)
+    ran = run_submit(client, request, watch=watch, spinner=spinner, meanwhile=_load_the_verifier)
+    from plasm_grpc.api.verify import ReceiptInput, verify_receipt
+    from plasm_grpc.cli.receipts import body_of, show_body, show_verification, verification_json
+
     result = ran.response
     executor = result.executor_node_id
     verification = verify_receipt(
