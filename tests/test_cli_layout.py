@@ -11,11 +11,10 @@ import os
 import subprocess
 import sys
 from importlib import import_module
-from pathlib import Path
 
 import pytest
-from conftest import Daemon, DaemonFactory, WasmModules, submit, wait_until
-from plasm.v1 import service_pb2
+from conftest import Daemon, DaemonFactory, WasmModules, join_network, submit
+from test_daemon_lifecycle import run_cli
 
 from plasm_grpc.cli.main import COMMANDS, command_in, parser
 
@@ -114,34 +113,10 @@ def test_a_local_submit_loads_the_client_but_nothing_to_draw_or_of_the_node(
 # -- 80 columns ----------------------------------------------------------------------------
 
 
-def _cli_80(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PLASM_ADDR", "FORCE_TERMINAL")}
-    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "80"})
-    return subprocess.run(
-        [sys.executable, "-m", "plasm_grpc.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-
-
 @pytest.fixture
 def network(plasmd: DaemonFactory, wasm: WasmModules) -> tuple[Daemon, list[Daemon]]:
     seed = plasmd()
-    bootstrap = f"{seed.node_id}@{seed.node_info().overlay_address}"
-    peers = [
-        plasmd(f'[overlay]\nbootstrap = ["{bootstrap}"]\nreconnect_interval_s = 0.5\n')
-        for _ in range(2)
-    ]
-    ids = {p.node_id for p in peers}
-
-    def knows_peers() -> bool:
-        listed = seed.stub.ListPeers(service_pb2.ListPeersRequest(), timeout=10).peers
-        return ids <= {p.node_id for p in listed if p.HasField("record_content")}
-
-    wait_until(knows_peers, timeout=60, interval=0.3, what="the seed knows both peers' records")
+    peers = join_network(plasmd, seed, 2)
     submit(seed.stub, wasm.bytes("hello"), stdin=b"eighty")
     return seed, peers
 
@@ -161,7 +136,7 @@ def test_tables_fit_80_columns_and_show_whole_addresses(
         ("info",),
         ("status",),
     ):
-        proc = _cli_80("--addr", seed.addr, *args)
+        proc = run_cli("--addr", seed.addr, *args, columns=80)
         assert proc.returncode == 0, (args, proc.stderr)
         for line in (proc.stdout + proc.stderr).splitlines():
             assert len(line) <= 80, (args, line)
@@ -179,19 +154,10 @@ def test_tables_fit_80_columns_and_show_whole_addresses(
 
 
 def test_a_table_on_a_wide_terminal_keeps_what_a_peer_runs_on_one_line(
-    network: tuple[Daemon, list[Daemon]], tmp_path: Path
+    network: tuple[Daemon, list[Daemon]],
 ) -> None:
     seed, peers = network
-    env = {k: v for k, v in os.environ.items() if k != "PLASM_ADDR"}
-    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "160"})
-    proc = subprocess.run(
-        [sys.executable, "-m", "plasm_grpc.cli.main", "--addr", seed.addr, "peers"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    proc = run_cli("--addr", seed.addr, "peers", columns=160)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if "127.0.0.1:" in line]
     assert len(rows) == len(peers)
