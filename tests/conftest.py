@@ -613,3 +613,21 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(interval)
+
+
+def join_network(plasmd: DaemonFactory, seed: Daemon, count: int) -> list[Daemon]:
+    """`count` more nodes that bootstrap from `seed`, returned once the seed's
+    routing table holds every one of their signed peer records."""
+    bootstrap = f"{seed.node_id}@{seed.node_info().overlay_address}"
+    peers = [
+        plasmd(f'[overlay]\nbootstrap = ["{bootstrap}"]\nreconnect_interval_s = 0.5\n')
+        for _ in range(count)
+    ]
+    ids = {p.node_id for p in peers}
+
+    def knows_peers() -> bool:
+        listed = seed.stub.ListPeers(service_pb2.ListPeersRequest(), timeout=10).peers
+        return ids <= {p.node_id for p in listed if p.HasField("record_content")}
+
+    wait_until(knows_peers, timeout=60, interval=0.3, what=f"the seed knows {count} peer records")
+    return peers

@@ -19,19 +19,18 @@ import grpc
 import pytest
 from conftest import Daemon, DaemonFactory, WasmModules, wait_until
 from google.protobuf.timestamp_pb2 import Timestamp
-from plasm.v1 import capability_pb2, errors_pb2, job_pb2, receipt_pb2, service_pb2
+from plasm.v1 import capability_pb2, errors_pb2, job_pb2, manifest_pb2, receipt_pb2, service_pb2
 from test_cli_untrusted_text import evil_receipt
 from test_daemon_lifecycle import plasm_command, run_cli
 
-from plasm_grpc.cli import main as cli
-from plasm_grpc.cli.main import (
-    EXIT_JOB_FAILED,
-    CliError,
-    JobProgress,
-    attempts_summary,
-    printable,
-    render_events,
-)
+from plasm_grpc.api.client import PlasmClient
+from plasm_grpc.api.jobs import JobRequest, ManifestDraft
+from plasm_grpc.api.views import Attempt, Event
+from plasm_grpc.cli import events as cli_events
+from plasm_grpc.cli import submit as cli
+from plasm_grpc.cli.events import JobProgress
+from plasm_grpc.cli.main import parser
+from plasm_grpc.cli.output import EXIT_JOB_FAILED, EXIT_RPC, EXIT_USAGE, CliError, printable
 
 JOB = "0123456789abcdef0123456789abcdef"
 A = "1a2b3c4d" * 8
@@ -44,6 +43,14 @@ def ev(kind: int, at_ms: float = 0.0, **fields: Any) -> job_pb2.JobEvent:
     at = Timestamp()
     at.FromNanoseconds(1_700_000_000_000_000_000 + int(at_ms * 1_000_000))
     return job_pb2.JobEvent(job_id=JOB, kind=cast(Any, kind), at=at, **fields)
+
+
+def render_events(job_id: str, events: list[job_pb2.JobEvent]) -> list[str]:
+    return cli_events.render_events(job_id, [Event.from_pb(e) for e in events])
+
+
+def attempts_summary(attempts: list[job_pb2.JobAttempt]) -> list[str]:
+    return cli_events.attempts_summary([Attempt.from_pb(a) for a in attempts])
 
 
 def remote_life() -> list[job_pb2.JobEvent]:
@@ -167,7 +174,7 @@ def test_a_detail_follows_the_phrase_where_it_adds_something() -> None:
 
 def test_progress_lines_per_event_and_exit_codes() -> None:
     progress = JobProgress(JOB)
-    lines = [progress.add(e) for e in remote_life()]
+    lines = [progress.add(Event.from_pb(e)) for e in remote_life()]
     assert lines[0] == "2023-11-14T22:13:20Z submitted"
     assert (
         lines[-1]
@@ -175,10 +182,12 @@ def test_progress_lines_per_event_and_exit_codes() -> None:
     )
     assert progress.ended
     assert progress.exit_code() == 0
-    assert progress.add(ev(K.JOB_EVENT_KIND_FAILED)) == "", "nothing after the end"
+    assert progress.add(Event.from_pb(ev(K.JOB_EVENT_KIND_FAILED))) == "", "nothing after the end"
     nonzero = JobProgress(JOB)
     nonzero.add(
-        ev(K.JOB_EVENT_KIND_FINISHED, outcome=receipt_pb2.OUTCOME_NONZERO_EXIT, exit_code=7)
+        Event.from_pb(
+            ev(K.JOB_EVENT_KIND_FINISHED, outcome=receipt_pb2.OUTCOME_NONZERO_EXIT, exit_code=7)
+        )
     )
     assert (
         nonzero.header()
@@ -186,7 +195,9 @@ def test_progress_lines_per_event_and_exit_codes() -> None:
     )
     assert nonzero.exit_code() == 7
     failed = JobProgress(JOB)
-    failed.add(ev(K.JOB_EVENT_KIND_FAILED, error_reason=errors_pb2.ERROR_REASON_NO_WORKER))
+    failed.add(
+        Event.from_pb(ev(K.JOB_EVENT_KIND_FAILED, error_reason=errors_pb2.ERROR_REASON_NO_WORKER))
+    )
     assert failed.exit_code() == EXIT_JOB_FAILED
     assert JobProgress(JOB).exit_code() == EXIT_JOB_FAILED
 
@@ -266,10 +277,10 @@ def test_attempts_are_summarised_only_when_there_is_something_to_tell() -> None:
 
 
 def placement_of(*argv: str) -> capability_pb2.PlacementRequirements:
-    args = cli.parser().parse_args(["submit", "m.wasm", *argv])
-    placement = capability_pb2.PlacementRequirements()
-    cli.apply_placement(placement, args)
-    return placement
+    args = parser().parse_args(["submit", "m.wasm", *argv])
+    manifest = ManifestDraft()
+    cli.apply_placement(manifest, args)
+    return manifest.message.placement
 
 
 def test_placement_flags() -> None:
@@ -288,14 +299,15 @@ def test_placement_flags() -> None:
     ):
         with pytest.raises(CliError) as info:
             placement_of(*argv)
-        assert info.value.code == cli.EXIT_USAGE, argv
+        assert info.value.code == EXIT_USAGE, argv
 
 
 def test_the_manifest_placement_stands_unless_a_flag_overrides_it() -> None:
-    args = cli.parser().parse_args(["submit", "m.wasm"])
+    args = parser().parse_args(["submit", "m.wasm"])
     placement = capability_pb2.PlacementRequirements(mode=capability_pb2.PLACEMENT_MODE_LOCAL)
-    cli.apply_placement(placement, args)
-    assert placement.mode == capability_pb2.PLACEMENT_MODE_LOCAL
+    manifest = ManifestDraft(manifest_pb2.JobManifest(placement=placement))
+    cli.apply_placement(manifest, args)
+    assert manifest.placement_mode == "local"
 
 
 # -- Ctrl-C during a Submit, against a fake node ---------------------------------------------------
@@ -366,8 +378,9 @@ class FakeNode:
 
 
 def submit_to(node: FakeNode) -> cli.SubmitOutcome:
-    client = cli.Client("fake:1", 30.0, cast(Any, None), cast(Any, node))
-    return cli.run_submit(client, service_pb2.SubmitRequest(job_id=JOB), watch=True, spinner=None)
+    client = PlasmClient("fake:1", 30.0, None, node)
+    request = JobRequest.from_pb(service_pb2.SubmitRequest(job_id=JOB))
+    return cli.run_submit(client, request, watch=True, spinner=None)
 
 
 def test_ctrl_c_cancels_the_job_and_waits_for_its_cancelled_result(
@@ -376,7 +389,7 @@ def test_ctrl_c_cancels_the_job_and_waits_for_its_cancelled_result(
     node = FakeNode(cancel="answers")
     ran = submit_to(node)
     assert node.cancels == [JOB]
-    assert ran.response.result.outcome == receipt_pb2.OUTCOME_CANCELLED
+    assert ran.response.outcome == "CANCELLED"
     assert node.watch.cancelled.is_set(), "the watch is closed"
     err = capsys.readouterr().err
     assert f"cancelling job {JOB}; the node stops it and stores" in err.replace("\n", " ")
@@ -430,7 +443,7 @@ def test_a_failed_submit_is_reported_as_the_node_error() -> None:
     node.submit.set_exception(grpc.RpcError("boom"))
     with pytest.raises(CliError) as info:
         submit_to(node)
-    assert info.value.code == cli.EXIT_RPC
+    assert info.value.code == EXIT_RPC
 
 
 # -- against a real plasmd ---------------------------------------------------------------------

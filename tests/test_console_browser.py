@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, DaemonFactory, WasmModules, submit, wait_until
+from conftest import REPO_ROOT, DaemonFactory, WasmModules, join_network, submit
 from google.protobuf import json_format
-from plasm.v1 import envelope_pb2, service_pb2
+from plasm.v1 import envelope_pb2
 from test_daemon_lifecycle import run_cli
 
 from plasm_grpc.api.codec import envelope_from_bytes
@@ -114,18 +114,8 @@ def test_console_in_chromium_shows_the_network_live_and_verifies_receipts(
         f'[console]\nlisten = "127.0.0.1:0"\nallow_actions = true\ntoken_file = "{token_file}"\n'
     )
     url = node0.wait_for_event("ready", timeout=5)["console"]  # type: ignore[index]
-    bootstrap = f"{node0.node_id}@{node0.node_info().overlay_address}"
-    peers = [
-        plasmd(f'[overlay]\nbootstrap = ["{bootstrap}"]\nreconnect_interval_s = 0.5\n')
-        for _ in range(2)
-    ]
+    peers = join_network(plasmd, node0, 2)
     peer_ids = {p.node_id for p in peers}
-
-    def knows_peers() -> bool:
-        listed = node0.stub.ListPeers(service_pb2.ListPeersRequest(), timeout=10).peers
-        return peer_ids <= {p.node_id for p in listed if p.HasField("record_content")}
-
-    wait_until(knows_peers, timeout=60, interval=0.3, what="node 0 knows both peers' records")
 
     result = submit(node0.stub, wasm.bytes("hello"), stdin=b"console")
     receipt_path = tmp_path / "receipt.json"

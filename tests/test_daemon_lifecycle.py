@@ -366,9 +366,11 @@ def plasm_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "plasm_grpc.cli.main"]
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PLASM_ADDR"}
-    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"})
+def run_cli(
+    *args: str, cwd: Path | None = None, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PLASM_ADDR", "FORCE_TERMINAL")}
+    env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": str(columns)})
     return subprocess.run(
         [*plasm_command(), *args],
         capture_output=True,

@@ -8,11 +8,17 @@ error types, size checks on untrusted input.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from plasm.v1 import capability_pb2, envelope_pb2, limits_pb2
 
-from plasm_grpc.core.dht.records import Capabilities
 from plasm_grpc.core.envelope import SignedEnvelope
 from plasm_grpc.core.limits import ResourceLimits
+
+if TYPE_CHECKING:
+    # Only for the annotation: importing the DHT package costs a client (`plasm`)
+    # tens of milliseconds it never uses.
+    from plasm_grpc.core.dht.records import Capabilities
 
 __all__ = [
     "capabilities_to_pb",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from plasm.v1 import receipt_pb2
 
-from plasm_grpc.api.codec import DecodeError, decode_receipt_body, receipt_from_pb
+from plasm_grpc.api.receipt_codec import DecodeError, decode_receipt_body, receipt_from_pb
 from plasm_grpc.core import envelope as envelopes
 from plasm_grpc.core.errors import InvalidIdError, VerificationError
 from plasm_grpc.core.input_hash import input_sha256

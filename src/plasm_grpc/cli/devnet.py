@@ -11,6 +11,7 @@ period.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -180,3 +181,66 @@ class DevNet:
         with contextlib.suppress(FileNotFoundError):
             (self.root / "devnet.json").unlink()
         return [node.process.returncode for node in self.nodes]
+
+
+# -- the command ----------------------------------------------------------------------
+
+
+def cmd_devnet(args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+    import tempfile
+    import threading
+
+    from plasm_grpc.cli.output import EXIT_RPC, EXIT_USAGE, die, say, show_grid
+
+    if not 1 <= args.nodes <= 200:
+        die("--nodes must be between 1 and 200", EXIT_USAGE)
+    keep = args.dir is not None
+    root = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="plasm-devnet-"))
+    net = DevNet(root)
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        say(f"starting {args.nodes} plasmd on loopback under {root} …")
+        try:
+            net.start(args.nodes)
+        except DevnetError as err:
+            die(str(err))
+        show_grid(
+            f"devnet: {args.nodes} nodes (node 0 is the seed)",
+            ("node", "node id", "gRPC", "overlay (udp)"),
+            [(str(n.index), n.node_id[:16] + "…", n.grpc, n.overlay) for n in net.nodes],
+        )
+        say(
+            f"addresses in {root / 'devnet.json'}, logs in {root}/node*/plasmd.log\n"
+            f"try: plasm --addr {net.nodes[0].grpc} peers\n"
+            "Ctrl-C stops every node."
+        )
+        if args.once:
+            stop.set()
+        while not stop.wait(0.5):
+            dead = [n for n in net.nodes if n.process.poll() is not None]
+            if dead:
+                say(
+                    f"node {dead[0].index} exited with {dead[0].process.returncode} "
+                    f"(see {dead[0].log}); stopping the devnet"
+                )
+                net.stop()
+                return EXIT_RPC
+        say("stopping …")
+        codes = net.stop()
+        bad = [i for i, code in enumerate(codes) if code != 0]
+        if bad:
+            say(f"nodes {bad} did not stop cleanly")
+            return EXIT_RPC
+        say(f"stopped {len(codes)} nodes")
+        return 0
+    finally:
+        net.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)

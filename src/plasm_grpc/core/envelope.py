@@ -8,11 +8,13 @@ and only then decodes the payload.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from plasm_grpc.core.errors import VerificationError
 from plasm_grpc.core.ids import node_id_from_public_key
-from plasm_grpc.core.keys import NodeKey, verify_signature
+
+if TYPE_CHECKING:
+    from plasm_grpc.core.keys import NodeKey
 
 RECEIPT_DOMAIN: Final = "plasm/receipt/v1"
 DECLINE_DOMAIN: Final = "plasm/decline/v1"
@@ -59,6 +61,10 @@ def verify(
         )
     if len(envelope.signature) != 64:
         raise VerificationError(f"signature must be 64 bytes, got {len(envelope.signature)}")
+    # Imported here: a client that only carries envelopes (`plasm submit` sending
+    # its request) loads cryptography while the node works, not before.
+    from plasm_grpc.core.keys import verify_signature
+
     if not verify_signature(
         envelope.signer_public_key, envelope.signature, signing_input(domain, envelope.payload)
     ):
