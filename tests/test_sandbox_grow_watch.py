@@ -13,6 +13,8 @@ from pathlib import Path
 
 import test_sandbox_hardening
 import wasmtime
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_sandbox_hardening import run
 
 from plasm_grpc.core.limits import MIB
@@ -176,3 +178,81 @@ def test_a_module_without_globals_or_exports_gets_them_in_order(tmp_path: Path) 
     watched = watch_grows(wasm)
     assert watched != wasm
     wasmtime.Module.validate(wasmtime.Engine(), watched)
+
+
+# -- hostile input ---------------------------------------------------------------------
+
+_ENGINE_CONFIG = wasmtime.Config()
+_ENGINE_CONFIG.wasm_multi_memory = True
+_ENGINE_CONFIG.wasm_gc = True
+_ENGINE_CONFIG.wasm_function_references = True
+_ENGINE_CONFIG.wasm_exceptions = True
+FULL_ENGINE = wasmtime.Engine(_ENGINE_CONFIG)  # every proposal the test modules use
+SEEDS = (
+    module(NO_GROW_BODY + "(call $report (memory.grow (i32.const 2)))"),
+    module("(drop (memory.grow (i32.const 1)))"),
+    module(NO_GROW_BODY),
+)
+
+
+def _validates(wasm: bytes) -> bool:
+    try:
+        wasmtime.Module.validate(FULL_ENGINE, wasm)
+    except wasmtime.WasmtimeError:
+        return False
+    return True
+
+
+def _mutated(seed: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    """`seed` with each (kind, position, byte) edit: replace, delete or insert."""
+    data = bytearray(seed)
+    for kind, position, value in edits:
+        at = 8 + position % (len(data) - 8)  # the header stays: past it is where a reader errs
+        if kind == 0:
+            data[at] = value
+        elif kind == 1:
+            del data[at]
+        else:
+            data.insert(at, value)
+    return bytes(data)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(
+    seed=st.sampled_from(SEEDS),
+    edits=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 10_000), st.integers(0, 255)),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_damaged_modules_never_break_the_reader_and_valid_ones_stay_valid(
+    seed: bytes, edits: list[tuple[int, int, int]]
+) -> None:
+    wasm = _mutated(seed, edits)
+    watched = watch_grows(wasm)  # never raises: unchanged when it cannot be read
+    layout(wasm)
+    if watched != wasm and _validates(wasm):
+        assert _validates(watched)
+
+
+def test_an_unknown_or_repeated_section_leaves_the_module_alone() -> None:
+    wasm = module("(drop (memory.grow (i32.const 1)))")
+    assert watch_grows(wasm + b"\x2a\x00") == wasm + b"\x2a\x00"  # section id 42
+    assert watch_grows(wasm + b"\x0a\x01\x00") == wasm + b"\x0a\x01\x00"  # a second code section
+
+
+def test_an_invalid_module_is_refused_before_any_rewrite(sandbox: Sandbox) -> None:
+    # `global.get 1` with one global is invalid; after a rewrite that appended
+    # globals it would name one of them and run. The cache validates first.
+    wat = (
+        '(module (memory (export "memory") 1) (global $g i32 (i32.const 7))'
+        ' (func (export "_start") (drop (global.get $g)) (drop (memory.grow (i32.const 1)))))'
+    )
+    valid = bytes(wasmtime.wat2wasm(wat))
+    assert valid.count(b"\x23\x00\x1a") == 1  # global.get 0, drop
+    invalid = valid.replace(b"\x23\x00\x1a", b"\x23\x01\x1a")
+    assert not _validates(invalid)
+    ex = run(sandbox, invalid)
+    assert ex.outcome is Outcome.INVALID_MODULE
+    assert "global" in ex.detail

@@ -181,6 +181,13 @@ class ModuleCache:
                 Outcome.INVALID_MODULE,
                 "not a WebAssembly binary (missing \\0asm magic)",
             )
+        try:
+            # Validated before it is read or rewritten here: what is wrong with
+            # a module is wasmtime's to say, and the rewrite (grow_watch) must
+            # never turn an invalid module into one that runs.
+            wasmtime.Module.validate(self._engine.engine, data)
+        except wasmtime.WasmtimeError as err:
+            return ModuleFailure(sha256, Outcome.INVALID_MODULE, _first_line(err))
         declared = layout(data)
         largest = self._engine.settings.max_memory_bytes
         if declared is not None and len(declared.memories) > 1:

@@ -13,10 +13,13 @@ after a trap (`refused_pages`). A grow refused only by the module's own
 maximum is not recorded.
 
 The rewrite appends four globals and one export and replaces each
-`memory.grow` with a short sequence; no existing index moves. Anything this
-reader does not understand (an unknown opcode, a malformed section) leaves the
-module as it was: wasmtime then reports what is wrong with it, and a refused
-grow in such a module is not recognised.
+`memory.grow` with a short sequence; no existing index moves. It is meant for
+modules wasmtime has already validated (sandbox/cache.py validates first): in
+an invalid module a reference to a global that does not exist could name one
+of the new ones. Anything this reader does not understand (an unknown opcode,
+an unknown, repeated or misplaced section, a malformed one) leaves the module
+as it was: wasmtime then reports what is wrong with it, and a refused grow in
+such a module is not recognised.
 
 `layout` also reads every memory's declared sizes, so a module whose initial
 memory is above what a job may have is reported as MEMORY_LIMIT before
@@ -152,11 +155,19 @@ def _sections(data: bytes) -> list[tuple[int, bytes]]:
         raise _UnsupportedError("not a version 1 WebAssembly module")
     r = _Reader(data, 8)
     sections: list[tuple[int, bytes]] = []
+    rank = -1
     while r.pos < r.end:
         section_id = r.byte()
         size = r.u()
         start = r.pos
         r.skip(size)
+        if section_id != 0:
+            # Each known section once, in order: anything else is for wasmtime to refuse.
+            if section_id not in _SECTION_ORDER:
+                raise _UnsupportedError(f"section id {section_id}")
+            if _SECTION_ORDER.index(section_id) <= rank:
+                raise _UnsupportedError(f"section {section_id} repeated or out of order")
+            rank = _SECTION_ORDER.index(section_id)
         sections.append((section_id, data[start : r.pos]))
     return sections
 
