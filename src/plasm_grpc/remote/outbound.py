@@ -9,14 +9,17 @@ every attempt, on any worker, sends the same job.
 
 `module_to_send` settles, before the job starts, which module it runs: the
 hash of the bytes the client sent (checked against the hash it named), or the
-bytes this node holds for the hash it named.
+module this node holds for the hash it named. Held bytes are read when a
+worker may need them: at once for a named peer, at the first offer for
+automatic placement (`with_module`), which often runs the job here and then
+never reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from plasm.v1 import job_pb2
 
@@ -27,7 +30,7 @@ from plasm_grpc.jobs.executor import JobRequest
 from plasm_grpc.jobs.hashing import arg_env_bytes, module_sha256
 from plasm_grpc.remote.messages import offer_to_pb
 
-__all__ = ["OutboundJob", "module_to_send"]
+__all__ = ["OutboundJob", "module_to_send", "with_module"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +39,7 @@ class OutboundJob:
     requester_node_id: str  # this node
     request: JobRequest
     module_sha256: str
-    module: bytes | None  # None: not read (local runs need no copy)
+    module: bytes | None  # None: not read yet (a local run needs no copy; `with_module`)
     input_sha256: str  # "" for a local run (nothing to check it against)
     placement: Placement
     deadline: float  # on the requester's monotonic clock
@@ -85,11 +88,14 @@ async def module_to_send(
     *,
     max_module_bytes: int,
     read_module: Callable[[str], bytes | None],
+    holds_module: Callable[[str], bool],
 ) -> tuple[str, bytes | None]:
-    """The module's hash, and its bytes when they may have to be sent.
+    """The module's hash, and its bytes when they are already at hand or will
+    surely travel (a named peer); None when they are read later, if at all.
 
-    `read_module`: this node's cached module for a hash (read off the loop).
-    Raises `PlacementError` for a hash that does not match or is not held.
+    `read_module`: this node's copy of a module (read off the loop);
+    `holds_module`: whether it has one, without reading it. Raises
+    `PlacementError` for a hash that does not match or is not held.
     """
     if job.module:
         if len(job.module) > max_module_bytes:
@@ -105,10 +111,28 @@ async def module_to_send(
         raise PlacementError("INVALID_REQUEST", "send the module bytes or manifest.module_sha256")
     if placement.mode is PlacementMode.LOCAL:
         return job.module_sha256, None
-    module = await asyncio.to_thread(read_module, job.module_sha256)
+    if placement.mode is PlacementMode.AUTO:
+        if not holds_module(job.module_sha256):
+            raise _not_held(job.module_sha256)
+        return job.module_sha256, None
+    return job.module_sha256, await _read(job.module_sha256, read_module)
+
+
+async def with_module(job: OutboundJob, read_module: Callable[[str], bytes | None]) -> OutboundJob:
+    """`job` with its module's bytes, read now if they were left for later."""
+    if job.module is not None:
+        return job
+    return replace(job, module=await _read(job.module_sha256, read_module))
+
+
+async def _read(sha256: str, read_module: Callable[[str], bytes | None]) -> bytes:
+    module = await asyncio.to_thread(read_module, sha256)
     if module is None:
-        raise PlacementError(
-            "MODULE_NOT_FOUND",
-            f"this node does not hold module {job.module_sha256}; send its bytes",
-        )
-    return job.module_sha256, module
+        raise _not_held(sha256)
+    return module
+
+
+def _not_held(sha256: str) -> PlacementError:
+    return PlacementError(
+        "MODULE_NOT_FOUND", f"this node does not hold module {sha256}; send its bytes"
+    )

@@ -66,7 +66,7 @@ from plasm_grpc.remote.attempts import (
     cancel_on_worker,
 )
 from plasm_grpc.remote.messages import result_to_pb
-from plasm_grpc.remote.outbound import OutboundJob, module_to_send
+from plasm_grpc.remote.outbound import OutboundJob, module_to_send, with_module
 from plasm_grpc.remote.placement import Links, SearchError, WorkerFinder
 from plasm_grpc.remote.verification import CheckedDecline
 from plasm_grpc.sandbox.runner import CancelFlag
@@ -170,6 +170,7 @@ class JobRouter:
                 placement,
                 max_module_bytes=self.executor.input_limits.max_module_bytes,
                 read_module=self.executor.sandbox.cache.read_module,
+                holds_module=self.executor.sandbox.cache.holds_raw,
             )
         finally:
             self._claimed.discard(job_id)
@@ -378,6 +379,8 @@ class JobRouter:
         self._count(entry, action.candidate.node_id)
         assert self.overlay is not None
         entry.drop_attempt()
+        # A worker may need the module: read it now (automatic placement left it).
+        entry.job = await with_module(entry.job, self.executor.sandbox.cache.read_module)
         attempt = WorkerAttempt(
             entry.job,
             action.candidate,

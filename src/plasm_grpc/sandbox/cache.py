@@ -101,6 +101,16 @@ class ModuleCache:
             return True
         return False
 
+    def holds_raw(self, sha256: str) -> bool:
+        """The raw bytes of this module are on disk here (so `read_module` can
+        give them to a worker), without reading or hashing them."""
+        check_hex64(sha256, "module_sha256")
+        with self._lock:
+            if sha256 in self._known_raw:
+                return True
+        path = self._raw_path(sha256)
+        return path is not None and path.exists()
+
     def put_module(self, sha256: str, data: bytes) -> None:
         """Keep the raw bytes (already hash-checked by the caller)."""
         with self._lock:
