@@ -20,9 +20,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from concurrent import futures
@@ -30,7 +28,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Daemon, DaemonFactory, WasmModules, wait_until
+from client_harness import (
+    assert_example_ran_on_the_peer,
+    client_env,
+    requester_and_worker,
+    require_tool,
+    run_client,
+    unix_target,
+)
+from conftest import Daemon, DaemonFactory, WasmModules
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -47,32 +53,14 @@ CHECKS = ("signature", "signer", "expected_executor", "stdout", "stderr", "modul
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(
-            f"{name} is not installed; run scripts/install-deps.sh "
-            "(Debian packages php-cli, php-curl, php-google-protobuf, phpunit)",
-            pytrace=False,
-        )
-    return found
+    return require_tool(name, "Debian packages php-cli, php-curl, php-google-protobuf, phpunit")
 
 
 def run(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(args),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+    return run_client(args, env, cwd=REPO, timeout_s=TIMEOUT_S)
 
 
-def php_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLASM_")}
-    env.update(extra)
-    return env
+php_env = client_env
 
 
 def phpunit(env: dict[str, str], *args: str) -> int:
@@ -101,12 +89,6 @@ def phpunit(env: dict[str, str], *args: str) -> int:
 def node(plasmd_module: DaemonFactory) -> Daemon:
     """One plasmd serving gRPC on TCP and on a Unix socket, shared by these tests."""
     return plasmd_module(unix_socket=True)
-
-
-def unix_target(daemon: Daemon) -> str:
-    targets = [a for a in daemon.addresses if a.startswith("unix:")]
-    assert targets, f"plasmd did not report a Unix socket: {daemon.addresses}"
-    return targets[0]
 
 
 def test_php_receipt_vectors() -> None:
@@ -267,24 +249,9 @@ def test_https_target(tls_server: tuple[str, Path]) -> None:
 
 def test_remote_test_example_on_a_peer(plasmd_module: DaemonFactory, wasm: WasmModules) -> None:
     """Two nodes: the job submitted to A runs on B; PHP checks B's receipt without asking anyone."""
-    overlay = "[overlay]\nmax_connections_per_ip = 256\nreconnect_interval_s = 0.5\n"
-    a = plasmd_module(overlay + "[remote]\nfallback_local = false\n")
-    bootstrap = f'bootstrap = ["{a.node_id}@{a.node_info().overlay_address}"]\n'
-    b = plasmd_module(overlay + bootstrap)
-
-    def b_is_a_worker() -> bool:
-        found = a.stub.FindWorkers(service_pb2.FindWorkersRequest(), timeout=20).workers
-        return b.node_id in {w.node_id for w in found}
-
-    wait_until(b_is_a_worker, timeout=60, interval=0.2, what="A finding B in the DHT")
+    a, b = requester_and_worker(plasmd_module)
     proc = run(
         [tool("php"), str(EXAMPLE), str(wasm.path("hello"))],
         php_env(PLASM_ADDR=a.addr, PLASM_EXPECT_EXECUTOR=b.node_id),
     )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
-    assert f"executor   {b.node_id} (a peer of the node we asked)" in out
-    assert f"requester  {a.node_id}" in out
-    assert re.search(r"^  expected_executor +ok ", out, re.M), out
-    assert "receipt    VALID" in out
-    assert "tampered   REJECTED" in out
+    assert_example_ran_on_the_peer(proc, a, b)

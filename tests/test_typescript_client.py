@@ -18,16 +18,21 @@ from the committed lock): missing, these tests fail rather than skip.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, DaemonFactory, WasmModules, wait_until
-from plasm.v1 import service_pb2
+from client_harness import (
+    assert_example_ran_on_the_peer,
+    client_env,
+    requester_and_worker,
+    require_tool,
+    run_client,
+    unix_target,
+)
+from conftest import Daemon, DaemonFactory, WasmModules
 
 REPO = Path(__file__).resolve().parent.parent
 TS_CLIENT = REPO / "clients" / "typescript"
@@ -39,28 +44,14 @@ CHECKS = ("signature", "signer", "expected_executor", "stdout", "stderr", "modul
 
 
 def node_binary() -> str:
-    found = shutil.which("node")
-    if found is None:
-        pytest.fail("node is not installed; run scripts/install-deps.sh", pytrace=False)
-    return found
+    return require_tool("node", "Debian package nodejs")
 
 
 def run(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(args),
-        cwd=TS_CLIENT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+    return run_client(args, env, cwd=TS_CLIENT, timeout_s=TIMEOUT_S)
 
 
-def ts_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLASM_")}
-    env.update(extra)
-    return env
+ts_env = client_env
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +89,6 @@ def node_test(env: dict[str, str], *files: str) -> int:
 def node(plasmd_module: DaemonFactory) -> Daemon:
     """One plasmd serving gRPC on TCP and on a Unix socket, shared by these tests."""
     return plasmd_module(unix_socket=True)
-
-
-def unix_target(daemon: Daemon) -> str:
-    targets = [a for a in daemon.addresses if a.startswith("unix:")]
-    assert targets, f"plasmd did not report a Unix socket: {daemon.addresses}"
-    return targets[0]
 
 
 def test_typescript_offline_suites(built: None) -> None:
@@ -166,21 +151,6 @@ def test_remote_test_example_on_a_peer(
     built: None, plasmd_module: DaemonFactory, wasm: WasmModules
 ) -> None:
     """Two nodes: the job submitted to A runs on B; TypeScript checks B's receipt offline."""
-    overlay = "[overlay]\nmax_connections_per_ip = 256\nreconnect_interval_s = 0.5\n"
-    a = plasmd_module(overlay + "[remote]\nfallback_local = false\n")
-    bootstrap = f'bootstrap = ["{a.node_id}@{a.node_info().overlay_address}"]\n'
-    b = plasmd_module(overlay + bootstrap)
-
-    def b_is_a_worker() -> bool:
-        found = a.stub.FindWorkers(service_pb2.FindWorkersRequest(), timeout=20).workers
-        return b.node_id in {w.node_id for w in found}
-
-    wait_until(b_is_a_worker, timeout=60, interval=0.2, what="A finding B in the DHT")
+    a, b = requester_and_worker(plasmd_module)
     proc = example(a.addr, wasm, b.node_id)
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
-    assert f"executor   {b.node_id} (a peer of the node we asked)" in out
-    assert f"requester  {a.node_id}" in out
-    assert re.search(r"^  expected_executor +ok ", out, re.M), out
-    assert "receipt    VALID" in out
-    assert "tampered   REJECTED" in out
+    assert_example_ran_on_the_peer(proc, a, b)
