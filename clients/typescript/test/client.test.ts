@@ -15,7 +15,6 @@ import {
   JobEventSchema,
   PlasmClient,
   PlasmConnectionError,
-  PlasmError,
   PlasmService,
   SubmitResponseSchema,
   WatchResponseSchema,
@@ -23,6 +22,7 @@ import {
   parseTarget,
   toPlasmError,
 } from "../src/index.js";
+import { rejectsWith } from "./failures.js";
 
 type Step = { ok: MessageShape<DescMessage> } | { fail: () => Error } | { events: MessageShape<DescMessage>[] };
 
@@ -89,16 +89,6 @@ const serverSays = (code: Code, reason: string) => () =>
 const info = create(GetNodeInfoResponseSchema, { nodeId: "ab".repeat(32) });
 const submitted = create(SubmitResponseSchema, { executorNodeId: "cd".repeat(32) });
 const fast = { retries: 3, backoffMs: 1, maxBackoffMs: 2 };
-
-async function rejectsWith(promise: Promise<unknown>): Promise<PlasmError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof PlasmError, `not a PlasmError: ${String(err)}`);
-    return err;
-  }
-  assert.fail("the call did not fail");
-}
 
 describe("retries", () => {
   test("a read is retried on the node's UNAVAILABLE until it answers", async () => {

@@ -16,7 +16,6 @@ import {
   JobEventKind,
   Outcome,
   PlasmClient,
-  PlasmError,
   type JobEvent,
   envelopeToJson,
   newEnvelope,
@@ -24,6 +23,7 @@ import {
   verifyJobResult,
   verifyReceipt,
 } from "../src/index.js";
+import { rejectsWith } from "./failures.js";
 
 function required(name: string): string {
   const value = process.env[name];
@@ -41,16 +41,6 @@ const ENDS = new Set([JobEventKind.FINISHED, JobEventKind.FAILED]);
 
 let client: PlasmClient;
 let nodeId: string;
-
-async function failure(promise: Promise<unknown>): Promise<PlasmError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof PlasmError, `not a PlasmError: ${String(err)}`);
-    return err;
-  }
-  assert.fail("the call did not fail");
-}
 
 async function collect(events: AsyncIterable<JobEvent>): Promise<JobEvent[]> {
   const seen: JobEvent[] = [];
@@ -160,7 +150,7 @@ describe("watch and cancel", () => {
   });
 
   test("Cancel of an unknown job is NOT_FOUND, JOB_NOT_FOUND", async () => {
-    const err = await failure(client.cancel(newJobId()));
+    const err = await rejectsWith(client.cancel(newJobId()));
     assert.equal(err.code, Code.NotFound);
     assert.equal(err.reason, ErrorReason.JOB_NOT_FOUND);
   });
@@ -169,7 +159,7 @@ describe("watch and cancel", () => {
 describe("deadlines and errors", () => {
   test("a deadline gives DEADLINE_EXCEEDED; the job id then cancels the job", async () => {
     const jobId = newJobId();
-    const err = await failure(client.submit(LOOP, { jobId, deadlineMs: 500 }));
+    const err = await rejectsWith(client.submit(LOOP, { jobId, deadlineMs: 500 }));
     assert.equal(err.code, Code.DeadlineExceeded, err.message);
     // The node is still there; the job, if it still runs, can be followed up by its id.
     assert.equal((await client.getNodeInfo()).nodeId, nodeId);
@@ -179,7 +169,7 @@ describe("deadlines and errors", () => {
   });
 
   test("a module that does not match its hash: INVALID_ARGUMENT, MODULE_HASH_MISMATCH", async () => {
-    const err = await failure(client.submit(HELLO, { moduleSha256: "0".repeat(64) }));
+    const err = await rejectsWith(client.submit(HELLO, { moduleSha256: "0".repeat(64) }));
     assert.equal(err.code, Code.InvalidArgument);
     assert.equal(err.reason, ErrorReason.MODULE_HASH_MISMATCH);
     assert.equal(err.reasonName, "ERROR_REASON_MODULE_HASH_MISMATCH");
@@ -187,13 +177,13 @@ describe("deadlines and errors", () => {
   });
 
   test("a malformed job id: INVALID_ARGUMENT, INVALID_REQUEST", async () => {
-    const err = await failure(client.getReceipt("xyz"));
+    const err = await rejectsWith(client.getReceipt("xyz"));
     assert.equal(err.code, Code.InvalidArgument);
     assert.equal(err.reason, ErrorReason.INVALID_REQUEST);
   });
 
   test("an unknown receipt: NOT_FOUND, RECEIPT_NOT_FOUND", async () => {
-    const err = await failure(client.getReceipt(newJobId()));
+    const err = await rejectsWith(client.getReceipt(newJobId()));
     assert.equal(err.code, Code.NotFound);
     assert.equal(err.reason, ErrorReason.RECEIPT_NOT_FOUND);
   });
@@ -201,7 +191,7 @@ describe("deadlines and errors", () => {
   test("a repeated job id is refused, not run twice", async () => {
     const jobId = newJobId();
     await client.submit(HELLO, { ...HELLO_INPUT, jobId });
-    const err = await failure(client.submit(HELLO, { ...HELLO_INPUT, jobId }));
+    const err = await rejectsWith(client.submit(HELLO, { ...HELLO_INPUT, jobId }));
     assert.equal(err.code, Code.InvalidArgument);
     assert.equal(err.reason, ErrorReason.INVALID_REQUEST);
     assert.match(err.details, /already used/);
@@ -215,10 +205,10 @@ describe("the DHT", () => {
     const workers = await client.findWorkers({ limit: 10 });
     assert.ok(workers.workers.some((w) => w.nodeId === nodeId), JSON.stringify(workers.workers.map((w) => w.nodeId)));
     assert.match(workers.capabilityClass, /wasi=preview1/);
-    const err = await failure(client.findPeer("ab".repeat(32), { deadlineMs: 20_000 }));
+    const err = await rejectsWith(client.findPeer("ab".repeat(32), { deadlineMs: 20_000 }));
     assert.equal(err.code, Code.NotFound);
     assert.equal(err.reason, ErrorReason.PEER_NOT_FOUND);
-    const bad = await failure(client.findPeer("zz"));
+    const bad = await rejectsWith(client.findPeer("zz"));
     assert.equal(bad.reason, ErrorReason.INVALID_REQUEST);
   });
 });
