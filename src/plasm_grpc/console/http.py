@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote
 
-from plasm_grpc.net.local_http import MAX_HEAD_BYTES, TEXT_TYPE, Response, http_response
+from plasm_grpc.net.local_http import (
+    MAX_HEAD_BYTES,
+    TEXT_TYPE,
+    BadHead,
+    Response,
+    http_response,
+    read_request_head,
+)
 
 __all__ = [
     "MAX_HEAD_BYTES",
@@ -163,28 +170,12 @@ def _bad(message: str, status: int = 400) -> Response:
 
 def parse_head(head: bytes, *, max_body_bytes: int) -> Request | Response:
     """The request in `head` (up to and including its blank line), or the error to send."""
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        return _bad("request head is not ASCII")
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[1].startswith("/"):
-        return _bad("malformed request line")
-    method, target, version = parts
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        return _bad("HTTP/1.1 only", 505)
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            return _bad("malformed header")
-        key = name.lower()
-        if key in headers and key in ("content-length", "host", "authorization"):
-            return _bad(f"duplicate {name} header")
-        headers[key] = value.strip()
+    parsed = read_request_head(
+        head, require_path=True, unique=("content-length", "host", "authorization")
+    )
+    if isinstance(parsed, BadHead):
+        return _bad(parsed.message, parsed.status)
+    headers = parsed.headers
     if "transfer-encoding" in headers:
         return _bad("chunked request bodies are not accepted; send Content-Length", 501)
     length_text = headers.get("content-length", "0")
@@ -193,18 +184,16 @@ def parse_head(head: bytes, *, max_body_bytes: int) -> Request | Response:
     length = int(length_text)
     if length > max_body_bytes:
         return _bad(f"request body over {max_body_bytes} bytes", 413)
-    connection = headers.get("connection", "").lower()
-    keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
-    raw_path, _, query = target.partition("?")
+    raw_path, _, query = parsed.target.partition("?")
     try:
         fields = parse_qs(query, max_num_fields=32)
     except ValueError:
         return _bad("too many query parameters")
     return Request(
-        method=method,
+        method=parsed.method,
         path=unquote(raw_path),
         query=fields,
         headers=headers,
-        keep_alive=keep_alive,
+        keep_alive=parsed.keep_alive,
         content_length=length,
     )

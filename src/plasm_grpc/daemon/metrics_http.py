@@ -21,38 +21,27 @@ from typing import Final
 
 from plasm_grpc.logs import EventLog
 from plasm_grpc.metrics import CONTENT_TYPE
-from plasm_grpc.net.local_http import LocalHttpServer, Response, http_response
+from plasm_grpc.net.local_http import (
+    BadHead,
+    LocalHttpServer,
+    Response,
+    http_response,
+    read_request_head,
+)
 
 METRICS_PATH: Final = "/metrics"
 
 
 def respond(head: bytes, render: Callable[[], str]) -> Response:
     """The answer to one request head (up to and including its blank line)."""
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        return http_response(400, b"request head is not ASCII\n", keep_alive=False)
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[1]:
-        return http_response(400, b"malformed request line\n", keep_alive=False)
-    method, target, version = parts
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        return http_response(505, b"HTTP/1.1 only\n", keep_alive=False)
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            return http_response(400, b"malformed header\n", keep_alive=False)
-        headers[name.lower()] = value.strip()
-    connection = headers.get("connection", "").lower()
-    keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
+    parsed = read_request_head(head)
+    if isinstance(parsed, BadHead):
+        return http_response(parsed.status, f"{parsed.message}\n".encode(), keep_alive=False)
+    method, headers, keep_alive = parsed.method, parsed.headers, parsed.keep_alive
     if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
         # Its body would be read as the next request: refuse and close.
         return http_response(400, b"requests with a body are not accepted\n", keep_alive=False)
-    path = target.split("?", 1)[0]
+    path = parsed.target.split("?", 1)[0]
     if path != METRICS_PATH:
         return http_response(404, b"not found; metrics are at /metrics\n", keep_alive=keep_alive)
     if method not in ("GET", "HEAD"):

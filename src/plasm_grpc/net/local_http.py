@@ -1,6 +1,7 @@
 """The node's small local HTTP/1.1 listeners (/metrics, the web console): their shared part.
 
-`http_response` builds one answer's bytes (no I/O). `LocalHttpServer` owns
+`read_request_head` parses a request head and `http_response` builds one
+answer's bytes (neither does I/O). `LocalHttpServer` owns
 the listening socket and the bound on connections: at most
 `max_connections` at once, more are answered `busy` (or just closed) at
 once; a client that goes away or is too slow ends its connection quietly,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
@@ -66,6 +68,56 @@ def http_response(
     ]
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
     return Response(status, data if head_only else data + body, keep_alive)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]  # names lower-cased, values stripped; the last of a repeat wins
+    keep_alive: bool  # what the client asked for (HTTP/1.0: opt in; HTTP/1.1: opt out)
+
+
+@dataclass(frozen=True, slots=True)
+class BadHead:
+    """Why a request head is refused, and the status to answer with."""
+
+    status: int
+    message: str
+
+
+def read_request_head(
+    head: bytes, *, require_path: bool = False, unique: Collection[str] = ()
+) -> RequestHead | BadHead:
+    """The request line and headers of `head` (up to and including its blank
+    line). `require_path`: the target must start with "/" (else it must not be
+    empty); `unique`: lower-case header names that may not be repeated."""
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        return BadHead(400, "request head is not ASCII")
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not (parts[1].startswith("/") if require_path else parts[1]):
+        return BadHead(400, "malformed request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        return BadHead(505, "HTTP/1.1 only")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            return BadHead(400, "malformed header")
+        key = name.lower()
+        if key in headers and key in unique:
+            return BadHead(400, f"duplicate {name} header")
+        headers[key] = value.strip()
+    connection = headers.get("connection", "").lower()
+    keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
+    return RequestHead(method, target, version, headers, keep_alive)
 
 
 class LocalHttpServer:
